@@ -1,0 +1,9 @@
+//! Shared by every Berth binary: Consul-compatible wire types, command-line and config-file
+//! helpers, and (later) the typed HTTP client.
+
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod types;
+
+pub use duration::{format_duration, parse_duration};

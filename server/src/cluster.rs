@@ -1,0 +1,187 @@
+//! Background work of every server: finding the other servers and bootstrapping the cluster
+//! (`-bootstrap-expect` + `-retry-join`), and, on the leader, expiring session TTLs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::node::Node;
+use crate::raft::types::raft_id;
+use crate::rpc::{self, Hello, HelloReply};
+use crate::state::{Command, SessionOp};
+
+/// Sessions live at least their TTL; Consul waits up to twice that before invalidating.
+pub const SESSION_TTL_MULTIPLIER: u32 = 2;
+
+/// Forms the cluster and keeps the peer list fresh, forever.
+///
+/// Bootstrapping: once a server knows exactly `bootstrap_expect` servers and none of them
+/// reports an existing cluster, the one with the lowest ID initializes Raft with all of them.
+/// A server that finds an existing cluster asks it to be added as a voter instead.
+pub async fn discovery_loop(node: Arc<Node>) {
+    let me = node.cfg.advertise.to_string();
+    let mut warned_too_many = false;
+    loop {
+        let mut targets: BTreeSet<String> = node.cfg.retry_join.iter().cloned().collect();
+        targets.extend(node.known_peers().into_iter().map(|p| p.rpc_addr));
+        targets.remove(&me);
+        let hello = Hello {
+            from: node.info.clone(),
+            datacenter: node.cfg.datacenter.clone(),
+            known: node.known_peers(),
+        };
+        let calls = targets.iter().map(|t| {
+            let node = node.clone();
+            let hello = hello.clone();
+            async move {
+                let r = node
+                    .clients
+                    .call_json::<_, HelloReply>(
+                        t,
+                        rpc::CLUSTER_HELLO,
+                        &hello,
+                        Duration::from_secs(2),
+                    )
+                    .await;
+                (t.clone(), r)
+            }
+        });
+        let mut formed_at = None;
+        for (target, reply) in futures::future::join_all(calls).await {
+            match reply {
+                Ok(r) => {
+                    let mut all = r.known.clone();
+                    all.push(r.me.clone());
+                    node.learn_from(&all, &r.me);
+                    if r.formed {
+                        formed_at = Some(r.me.rpc_addr.clone());
+                    }
+                }
+                Err(e) => tracing::debug!(%target, error = %e, "server not reachable"),
+            }
+        }
+        let initialized = node.raft.is_initialized().await.unwrap_or(true);
+        if !initialized {
+            if let Some(addr) = formed_at {
+                match node
+                    .clients
+                    .call_json::<_, bool>(
+                        &addr,
+                        rpc::CLUSTER_JOIN,
+                        &node.info,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                {
+                    Ok(_) => tracing::info!(via = %addr, "joined the cluster"),
+                    Err(e) => tracing::warn!(via = %addr, error = %e, "join failed; retrying"),
+                }
+            } else if node.cfg.bootstrap_expect > 0 {
+                let known = node.known_peers();
+                let expect = node.cfg.bootstrap_expect as usize;
+                if known.len() == expect {
+                    let lowest = known
+                        .iter()
+                        .filter_map(|p| uuid::Uuid::parse_str(&p.uuid).ok().map(|u| raft_id(&u)))
+                        .min();
+                    if lowest == Some(node.id) {
+                        bootstrap(&node, known).await;
+                    }
+                } else if known.len() > expect && !warned_too_many {
+                    warned_too_many = true;
+                    tracing::error!(
+                        known = known.len(),
+                        expect,
+                        "more servers than bootstrap-expect found; not bootstrapping (fix -bootstrap-expect)"
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(node.cfg.retry_interval).await;
+    }
+}
+
+/// Initializes Raft with `members` as voters.
+pub async fn bootstrap(node: &Node, members: Vec<crate::raft::types::NodeInfo>) {
+    let map: std::collections::BTreeMap<u64, _> = members
+        .into_iter()
+        .filter_map(|p| {
+            uuid::Uuid::parse_str(&p.uuid)
+                .ok()
+                .map(|u| (raft_id(&u), p))
+        })
+        .collect();
+    let names: Vec<String> = map.values().map(|p| p.name.clone()).collect();
+    match node.raft.initialize(map).await {
+        Ok(()) => tracing::info!(servers = ?names, "bootstrapped a new cluster"),
+        Err(e) => tracing::warn!(error = %e, "bootstrap skipped"),
+    }
+}
+
+/// On the leader, invalidates sessions whose TTL ran out.
+pub async fn session_ttl_loop(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if !node.is_leader() {
+            node.session_timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            continue;
+        }
+        let now = Instant::now();
+        let expired: Vec<String> = {
+            let state = node.store.read();
+            let mut timers = node
+                .session_timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            timers.retain(|id, _| state.sessions.contains_key(id));
+            for s in state.sessions.values() {
+                if let Some(ttl) = session_ttl(&s.ttl) {
+                    timers
+                        .entry(s.id.clone())
+                        .or_insert(now + ttl * SESSION_TTL_MULTIPLIER);
+                }
+            }
+            timers
+                .iter()
+                .filter(|(_, d)| **d <= now)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in expired {
+            tracing::info!(session = %id, "session TTL expired; invalidating");
+            if node
+                .write(Command::Session(SessionOp::Destroy { id: id.clone() }))
+                .await
+                .is_ok()
+            {
+                node.session_timers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            }
+        }
+    }
+}
+
+pub fn session_ttl(ttl: &str) -> Option<Duration> {
+    if ttl.is_empty() {
+        return None;
+    }
+    berth_api::parse_duration(ttl).ok().filter(|d| !d.is_zero())
+}
+
+/// Restarts a session's TTL (a renew, on the leader).
+pub fn reset_session_timer(node: &Node, id: &str, ttl: &str) {
+    if let Some(ttl) = session_ttl(ttl) {
+        node.session_timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id.to_string(),
+                Instant::now() + ttl * SESSION_TTL_MULTIPLIER,
+            );
+    }
+}

@@ -1,0 +1,430 @@
+//! The Consul-compatible HTTP API.
+//!
+//! A middleware sends every request that needs the leader (writes, default and `?consistent`
+//! reads) to it over the RPC port, where it runs through this same router; `/v1/agent/*`,
+//! `/v1/status/*` and `?stale` reads are answered locally.
+
+mod kv;
+mod session;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use rand::Rng;
+
+use crate::node::{Node, WriteError};
+use crate::rpc::{self, ForwardReply, ForwardRequest};
+use crate::state::watch::WatchTarget;
+use crate::state::{Command, CommandResult, State as Tables};
+
+/// Set on requests that arrived from another server; its value counts the hops.
+pub const FORWARDED_HEADER: &str = "x-berth-forwarded";
+const MAX_HOPS: u8 = 3;
+/// Consul's defaults for blocking queries.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+/// A write that cannot commit (no quorum) fails after this long instead of hanging.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request body the forwarder carries (KV values are capped lower, at 512 KiB).
+const MAX_FORWARD_BODY: usize = 4 << 20;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(status::raft_configuration),
+        )
+        .route("/v1/operator/raft/peer", delete(status::remove_peer))
+        .route(
+            "/v1/operator/raft/transfer-leader",
+            post(status::transfer_leader),
+        )
+        .route("/v1/agent/self", get(status::agent_self))
+        .route("/v1/agent/members", get(status::members))
+        .route(
+            "/v1/kv/",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/list", get(session::list))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            route_to_leader,
+        ))
+        .with_state(node)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("Not found: {method} {}", uri.path()),
+    )
+    .into_response()
+}
+
+/// An error answer: status and a plain-text message, as Consul sends them.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [("content-type", "text/plain; charset=utf-8")],
+            self.message,
+        )
+            .into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// The query string, decoded. Flags such as `?recurse` count by presence, as in Consul.
+#[derive(Debug, Default)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> Self {
+        Query(
+            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn has(&self, k: &str) -> bool {
+        self.0.contains_key(k)
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    /// A non-empty value, or `None`.
+    pub fn value(&self, k: &str) -> Option<&str> {
+        self.get(k).filter(|v| !v.is_empty())
+    }
+
+    pub fn num(&self, k: &str, what: &str) -> Result<Option<u64>, ApiError> {
+        self.value(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("Invalid {what}: {v:?}")))
+            })
+            .transpose()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Leader,
+    Consistent,
+    Stale,
+}
+
+impl Mode {
+    fn header(self) -> &'static str {
+        match self {
+            Mode::Leader => "leader",
+            Mode::Consistent => "consistent",
+            Mode::Stale => "stale",
+        }
+    }
+}
+
+/// Consistency mode and blocking parameters of a read.
+#[derive(Debug, Clone)]
+pub struct ReadOpts {
+    pub mode: Mode,
+    pub index: u64,
+    pub wait: Duration,
+}
+
+impl ReadOpts {
+    pub fn parse(q: &Query) -> Result<Self, ApiError> {
+        let mode = match (q.has("stale"), q.has("consistent")) {
+            (true, true) => return Err(conflicting_modes()),
+            (true, false) => Mode::Stale,
+            (false, true) => Mode::Consistent,
+            (false, false) => Mode::Leader,
+        };
+        let index = q
+            .value("index")
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("Invalid index"))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let wait = q
+            .value("wait")
+            .map(|v| {
+                berth_api::parse_duration(v).map_err(|_| ApiError::bad_request("Invalid wait time"))
+            })
+            .transpose()?
+            .unwrap_or(DEFAULT_WAIT)
+            .min(MAX_WAIT);
+        Ok(ReadOpts { mode, index, wait })
+    }
+}
+
+fn conflicting_modes() -> ApiError {
+    ApiError::bad_request("Cannot specify ?stale with ?consistent, conflicting semantics.")
+}
+
+/// Runs `f` against the tables, blocking while `opts.index` is given and the result's index
+/// still equals it (Consul's rule: any other index, higher or reset lower, returns at once).
+pub async fn read<T>(
+    node: &Node,
+    opts: &ReadOpts,
+    target: WatchTarget,
+    f: impl Fn(&Tables) -> (u64, T),
+) -> Result<(u64, T), ApiError> {
+    if opts.mode == Mode::Consistent {
+        node.linearize().await?;
+    }
+    let run = || {
+        let (idx, v) = f(&node.store.read());
+        (idx.max(1), v)
+    };
+    if opts.index == 0 {
+        return Ok(run());
+    }
+    // Jitter spreads the wake-ups of many watchers that share a wait, as Consul does.
+    let jitter = opts.wait.as_millis() as u64 / 16;
+    let extra = if jitter > 0 {
+        rand::rng().random_range(0..jitter)
+    } else {
+        0
+    };
+    let deadline = tokio::time::Instant::now() + opts.wait + Duration::from_millis(extra);
+    loop {
+        let mut rx = node.store.watches.subscribe(&target);
+        let (idx, v) = run();
+        if idx != opts.index {
+            return Ok((idx, v));
+        }
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(run()),
+        }
+    }
+}
+
+/// Commits a command on the leader.
+pub async fn write(node: &Node, cmd: Command) -> Result<(u64, CommandResult), ApiError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, node.write(cmd)).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "timed out waiting for the write to commit (no quorum?)",
+        )),
+    }
+}
+
+/// Adds Consul's query-metadata headers.
+pub fn with_meta(node: &Node, mode: Mode, index: u64, resp: impl IntoResponse) -> Response {
+    let mut resp = resp.into_response();
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    set(h, "x-consul-index", index.max(1).to_string());
+    set(
+        h,
+        "x-consul-knownleader",
+        node.leader().is_some().to_string(),
+    );
+    set(
+        h,
+        "x-consul-lastcontact",
+        node.last_contact_ms().to_string(),
+    );
+    set(
+        h,
+        "x-consul-effective-consistency",
+        mode.header().to_string(),
+    );
+    resp
+}
+
+pub fn json<T: serde::Serialize>(v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => ([("content-type", "application/json")], body).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Sends to the leader what only the leader may answer.
+async fn route_to_leader(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let q = Query::parse(req.uri().query());
+    if q.has("stale") && q.has("consistent") {
+        return conflicting_modes().into_response();
+    }
+    let path = req.uri().path();
+    let is_read = req.method() == Method::GET || req.method() == Method::HEAD;
+    let local = !path.starts_with("/v1/")
+        || path.starts_with("/v1/agent/")
+        || path.starts_with("/v1/status/")
+        || (is_read && q.has("stale"));
+    if local || node.is_leader() {
+        return next.run(req).await;
+    }
+    let hops: u8 = req
+        .headers()
+        .get(FORWARDED_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let Some((_, leader)) = node.leader().filter(|_| hops < MAX_HOPS) else {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader")
+            .into_response();
+    };
+    let wait = ReadOpts::parse(&q).map(|o| o.wait).unwrap_or(DEFAULT_WAIT);
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_FORWARD_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+                .into_response();
+        }
+    };
+    let fwd = ForwardRequest {
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string()),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != FORWARDED_HEADER && *k != "host" && *k != "content-length")
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        hops: hops + 1,
+    };
+    let started = Instant::now();
+    let json = match serde_json::to_vec(&fwd) {
+        Ok(j) => j,
+        Err(e) => {
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+    };
+    let timeout = wait + WRITE_TIMEOUT + Duration::from_secs(10);
+    match node
+        .clients
+        .call(
+            &leader.rpc_addr,
+            rpc::HTTP_FORWARD,
+            json,
+            body.to_vec(),
+            timeout,
+        )
+        .await
+    {
+        Ok(env) => {
+            let Ok(reply) = serde_json::from_slice::<ForwardReply>(&env.json) else {
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bad reply from the leader",
+                )
+                .into_response();
+            };
+            let mut resp = Response::new(axum::body::Body::from(env.data));
+            *resp.status_mut() =
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            for (k, v) in reply.headers {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    resp.headers_mut().insert(k, v);
+                }
+            }
+            tracing::trace!(elapsed = ?started.elapsed(), "forwarded to the leader");
+            resp
+        }
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rpc error forwarding to the leader: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// The HTTPS API: TLS handshakes run per connection so a slow client cannot stall accepts.
+pub async fn serve_https(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let svc = hyper_util::service::TowerToHyperService::new(router);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+        });
+    }
+}

@@ -1,0 +1,204 @@
+//! `/v1/status`, `/v1/operator/raft` and the server's own `/v1/agent` endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::json as j;
+
+use berth_api::types::{AgentMember, MEMBER_ALIVE, MEMBER_FAILED, RaftConfiguration, RaftServer};
+
+use super::{ApiError, Mode, Query, ReadOpts, json, with_meta};
+use crate::node::Node;
+use crate::raft::types::NodeInfo;
+
+/// The Consul API level Berth implements; clients such as py-consul gate features on it.
+pub const CONSUL_COMPAT_VERSION: &str = "1.21.0";
+/// A peer not heard from for this long is reported failed.
+const PEER_FAILED_AFTER: Duration = Duration::from_secs(10);
+
+pub async fn leader(State(node): State<Arc<Node>>) -> Response {
+    json(&node.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default())
+}
+
+pub async fn peers(State(node): State<Arc<Node>>) -> Response {
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let addrs: Vec<String> = membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|n| n.rpc_addr.clone()))
+        .collect();
+    json(&addrs)
+}
+
+pub async fn raft_configuration(
+    State(node): State<Arc<Node>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
+    if opts.mode == Mode::Consistent {
+        node.linearize().await?;
+    }
+    let m = node.metrics();
+    let stored = m.membership_config.clone();
+    let membership = stored.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let servers = membership
+        .nodes()
+        .map(|(id, n)| RaftServer {
+            id: n.uuid.clone(),
+            node: n.name.clone(),
+            address: n.rpc_addr.clone(),
+            leader: m.current_leader == Some(*id),
+            protocol_version: "3".to_string(),
+            voter: voters.contains(id),
+        })
+        .collect();
+    let index = stored.log_id().map(|l| l.index).unwrap_or(0);
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        index,
+        json(&RaftConfiguration { servers, index }),
+    ))
+}
+
+/// Finds a member of the Raft configuration by UUID or RPC address.
+fn find_server(
+    node: &Node,
+    id: Option<&str>,
+    address: Option<&str>,
+) -> Result<(u64, NodeInfo), ApiError> {
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let found = membership
+        .nodes()
+        .find(|(_, n)| id.is_some_and(|i| n.uuid == i) || address.is_some_and(|a| n.rpc_addr == a))
+        .map(|(i, n)| (*i, n.clone()));
+    found.ok_or_else(|| match (id, address) {
+        (Some(i), _) => ApiError::bad_request(format!("id {i:?} was not found in the Raft configuration")),
+        (_, Some(a)) => ApiError::bad_request(format!("address {a:?} was not found in the Raft configuration")),
+        _ => ApiError::bad_request("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove"),
+    })
+}
+
+pub async fn remove_peer(
+    State(node): State<Arc<Node>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref());
+    let (id, info) = find_server(&node, q.value("id"), q.value("address"))?;
+    node.remove_server(id).await?;
+    tracing::info!(node = %info.name, addr = %info.rpc_addr, "removed server from the Raft configuration");
+    Ok(json(&true))
+}
+
+pub async fn transfer_leader(
+    State(node): State<Arc<Node>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref());
+    let target = match q.value("id") {
+        Some(uuid) => find_server(&node, Some(uuid), None)?.0,
+        None => {
+            let m = node.metrics();
+            let other = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .find(|v| *v != node.id);
+            other
+                .ok_or_else(|| ApiError::bad_request("no other voter to transfer leadership to"))?
+        }
+    };
+    if target == node.id {
+        return Err(ApiError::bad_request(
+            "cannot transfer leadership to the current leader",
+        ));
+    }
+    node.transfer_leadership(target).await?;
+    Ok(json(&j!({ "Success": true })))
+}
+
+fn member_of(node: &Node, info: &NodeInfo, status: u8) -> AgentMember {
+    let (addr, port) = match info.rpc_addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => (sa.ip().to_string(), sa.port()),
+        Err(_) => (info.rpc_addr.clone(), 0),
+    };
+    let tags: BTreeMap<String, String> = [
+        ("role", "consul".to_string()),
+        ("dc", node.cfg.datacenter.clone()),
+        ("id", info.uuid.clone()),
+        ("port", port.to_string()),
+        ("build", env!("CARGO_PKG_VERSION").to_string()),
+        ("vsn", "2".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    AgentMember {
+        name: info.name.clone(),
+        addr,
+        port,
+        tags,
+        status,
+    }
+}
+
+pub async fn members(State(node): State<Arc<Node>>) -> Response {
+    let peers: Vec<_> = node
+        .peers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(id, p)| (*id, p.clone()))
+        .collect();
+    let list: Vec<AgentMember> = peers
+        .iter()
+        .map(|(id, p)| {
+            let alive =
+                *id == node.id || p.last_seen.is_some_and(|t| t.elapsed() < PEER_FAILED_AFTER);
+            member_of(
+                &node,
+                &p.info,
+                if alive { MEMBER_ALIVE } else { MEMBER_FAILED },
+            )
+        })
+        .collect();
+    json(&list)
+}
+
+pub async fn agent_self(State(node): State<Arc<Node>>) -> Result<Response, StatusCode> {
+    let m = node.metrics();
+    let state = format!("{:?}", m.state);
+    let raft = j!({
+        "state": state,
+        "term": m.current_term.to_string(),
+        "last_log_index": m.last_log_index.unwrap_or(0).to_string(),
+        "commit_index": node.store.applied.borrow().to_string(),
+        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0).to_string(),
+        "last_snapshot_index": node.store.last_snapshot_index.load(Ordering::Relaxed).to_string(),
+        "snapshot_installs": node.store.snapshot_installs.load(Ordering::Relaxed).to_string(),
+        "num_peers": m.membership_config.membership().voter_ids().filter(|v| *v != node.id).count().to_string(),
+        "leader_addr": node.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default(),
+    });
+    Ok(json(&j!({
+        "Config": {
+            "Datacenter": node.cfg.datacenter,
+            "PrimaryDatacenter": node.cfg.datacenter,
+            "NodeName": node.cfg.node_name,
+            "NodeID": node.info.uuid,
+            "Server": true,
+            "Version": CONSUL_COMPAT_VERSION,
+            "BerthVersion": env!("CARGO_PKG_VERSION"),
+            "Revision": "berth",
+        },
+        "Member": member_of(&node, &node.info, MEMBER_ALIVE),
+        "Stats": { "raft": raft },
+        "Meta": {},
+    })))
+}
