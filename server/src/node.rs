@@ -55,6 +55,95 @@ pub struct Node {
     pub session_timers: Mutex<HashMap<String, Instant>>,
     pub started: Instant,
     shutting_down: AtomicBool,
+    batch_tx: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
+}
+
+type WriteResult = Result<(u64, CommandResult), WriteError>;
+type PendingWrite = (Command, tokio::sync::oneshot::Sender<WriteResult>);
+
+/// Raft entries in flight from the batcher at once. Small, so that writes arriving while these
+/// commit queue up and leave together in the next entry.
+const MAX_INFLIGHT_BATCHES: usize = 2;
+/// Commands folded into one entry at most.
+const MAX_BATCH: usize = 256;
+
+fn write_error(e: ClientWriteError<u64, NodeInfo>) -> WriteError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) if f.leader_id.is_some() => WriteError::NotLeader,
+        ClientWriteError::ForwardToLeader(_) => WriteError::NoLeader,
+        e => WriteError::Raft(e.to_string()),
+    }
+}
+
+/// Group commit above Raft: openraft's core handles entries one at a time, so under
+/// concurrency the per-entry cost, not the disk, limits throughput. Writes that arrive while
+/// earlier entries are committing are folded into one `Command::Batch` entry, applied in order;
+/// they share its log index, as the writes of one Consul transaction do.
+async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingWrite>) {
+    let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_BATCHES));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let (mut cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let single = waiters.len() == 1;
+        let cmd = match cmds.pop() {
+            Some(only) if cmds.is_empty() => only,
+            Some(last) => {
+                cmds.push(last);
+                Command::Batch(cmds)
+            }
+            None => continue,
+        };
+        // Submitted here, in arrival order, before waiting: entry order is queue order.
+        let submitted = raft.client_write_ff(cmd).await;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = match submitted {
+                Err(fatal) => Err(WriteError::Raft(fatal.to_string())),
+                Ok(rx) => match rx.await {
+                    Err(_) => Err(WriteError::Raft("write dropped".to_string())),
+                    Ok(Err(e)) => Err(write_error(e)),
+                    Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
+                },
+            };
+            match outcome {
+                Err(e) => {
+                    for w in waiters {
+                        let _ = w.send(Err(e.duplicate()));
+                    }
+                }
+                Ok((index, CommandResult::Batch(results))) if !single => {
+                    for (w, r) in waiters.into_iter().zip(results) {
+                        let _ = w.send(Ok((index, r)));
+                    }
+                }
+                Ok((index, result)) => {
+                    for w in waiters {
+                        let _ = w.send(Ok((index, result.clone())));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl WriteError {
+    fn duplicate(&self) -> WriteError {
+        match self {
+            WriteError::NoLeader => WriteError::NoLeader,
+            WriteError::NotLeader => WriteError::NotLeader,
+            WriteError::Rejected(m) => WriteError::Rejected(m.clone()),
+            WriteError::Raft(m) => WriteError::Raft(m.clone()),
+        }
+    }
 }
 
 /// Timing of Raft. Election timeouts well above the heartbeat keep a busy 2-core machine from
@@ -83,6 +172,8 @@ impl Node {
         store: Arc<Store>,
         clients: Arc<Clients>,
     ) -> Self {
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batcher(raft.clone(), batch_rx));
         let mut peers = BTreeMap::new();
         peers.insert(
             id,
@@ -105,6 +196,7 @@ impl Node {
             session_timers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            batch_tx,
         }
     }
 
@@ -152,24 +244,19 @@ impl Node {
             .is_some()
     }
 
-    /// Commits `cmd` through Raft; must be called on the leader.
+    /// Commits `cmd` through Raft; must be called on the leader. Concurrent writes are folded
+    /// into one log entry by the batcher (see [`batcher`]).
     pub async fn write(&self, cmd: Command) -> Result<(u64, CommandResult), WriteError> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => {
-                let index = resp.log_id.index;
-                match resp.data {
-                    CommandResult::Rejected(m) => Err(WriteError::Rejected(m)),
-                    r => Ok((index, r)),
-                }
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                if f.leader_id.is_some() {
-                    Err(WriteError::NotLeader)
-                } else {
-                    Err(WriteError::NoLeader)
-                }
-            }
-            Err(e) => Err(WriteError::Raft(e.to_string())),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.batch_tx
+            .send((cmd, tx))
+            .map_err(|_| WriteError::Raft("server is shutting down".to_string()))?;
+        let (index, result) = rx
+            .await
+            .map_err(|_| WriteError::Raft("server is shutting down".to_string()))??;
+        match result {
+            CommandResult::Rejected(m) => Err(WriteError::Rejected(m)),
+            r => Ok((index, r)),
         }
     }
 
