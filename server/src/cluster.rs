@@ -10,6 +10,10 @@ use crate::raft::types::raft_id;
 use crate::rpc::{self, Hello, HelloReply};
 use crate::state::{Command, SessionOp};
 
+/// Servers outside the Raft configuration that have been silent this long are forgotten
+/// (removed with `DELETE /v1/operator/raft/peer`, or never joined).
+const PRUNE_DEPARTED_AFTER: Duration = Duration::from_secs(300);
+
 /// Sessions live at least their TTL; Consul waits up to twice that before invalidating.
 pub const SESSION_TTL_MULTIPLIER: u32 = 2;
 
@@ -60,6 +64,7 @@ pub async fn discovery_loop(node: Arc<Node>) {
                 Err(e) => tracing::debug!(%target, error = %e, "server not reachable"),
             }
         }
+        node.prune_departed(PRUNE_DEPARTED_AFTER);
         let initialized = node.raft.is_initialized().await.unwrap_or(true);
         if !initialized {
             if let Some(addr) = formed_at {

@@ -132,7 +132,7 @@ fn init_logging(level: &str, json: bool) {
         "warn"
     };
     let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{level},openraft={raft_level},h2=warn,tower=warn,hyper=warn"
+        "{level},openraft={raft_level},h2=error,tower=warn,hyper=warn"
     ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

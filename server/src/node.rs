@@ -312,6 +312,22 @@ impl Node {
         self.learn(infos, Some(from));
     }
 
+    /// Drops peers that are not in a formed cluster's configuration and were not heard from
+    /// within `after`, so `/v1/agent/members` does not list removed servers forever.
+    pub fn prune_departed(&self, after: Duration) {
+        if !self.formed() {
+            return;
+        }
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.retain(|id, p| {
+            *id == self.id
+                || membership.get_node(id).is_some()
+                || p.last_seen.unwrap_or(self.started).elapsed() < after
+        });
+    }
+
     pub fn forget(&self, id: u64) {
         self.peers
             .lock()
