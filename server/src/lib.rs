@@ -11,7 +11,6 @@ pub mod node;
 pub mod raft;
 pub mod rpc;
 pub mod state;
-#[path = "tls_stub.rs"]
 pub mod tls;
 pub mod util;
 
