@@ -1,1 +1,321 @@
-fn main() {}
+//! `berth-bench`: KV write throughput and latency of Berth against etcd, measured in one run on
+//! this machine, with the same load generator, concurrency and value size. Prints figures and
+//! ratios; asserts nothing (timings on shared machines are for reading, not for gating).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Parser;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Parser)]
+#[command(about = "Berth vs etcd KV PUT benchmark")]
+struct Args {
+    /// Directory holding the (release) berth-server binary.
+    #[arg(long)]
+    berth_bin: PathBuf,
+    /// etcd binary.
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+    /// Requests per concurrency level.
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Cluster sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    sizes: Vec<usize>,
+    /// Keys of 100 bytes written before reading the servers' memory.
+    #[arg(long, default_value_t = 100_000)]
+    rss_keys: u64,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Processes of one cluster; killed on drop, even when the benchmark fails half-way.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Berth,
+    Etcd,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Berth => "berth",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
+struct Cluster {
+    target: Target,
+    procs: Procs,
+    urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    Ok(std::fs::File::create(dir.join(format!("{name}.log")))?)
+}
+
+async fn start_berth(bin: &Path, n: usize) -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+    let mut procs = Procs(Vec::new());
+    for (i, (http, rpc)) in ports.iter().enumerate() {
+        let mut cmd = Command::new(bin.join("berth-server"));
+        cmd.args(["-node", &format!("b{i}"), "-data-dir"])
+            .arg(dir.path().join(format!("b{i}")))
+            .args(["-http-addr", &format!("127.0.0.1:{http}"), "-rpc-addr", &format!("127.0.0.1:{rpc}")])
+            .args(["-bootstrap-expect", &n.to_string(), "-retry-interval", "200ms", "-log-level", "warn"]);
+        for (j, (_, r)) in ports.iter().enumerate() {
+            if j != i {
+                cmd.args(["-retry-join", &format!("127.0.0.1:{r}")]);
+            }
+        }
+        let log = log_file(dir.path(), &format!("b{i}"))?;
+        procs.0.push(cmd.stdout(Stdio::null()).stderr(log).spawn().context("start berth-server")?);
+    }
+    let urls: Vec<String> = ports.iter().map(|(h, _)| format!("http://127.0.0.1:{h}")).collect();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Find the leader and put it first: both systems get their writes at the leader.
+    loop {
+        let mut leader = None;
+        for (i, u) in urls.iter().enumerate() {
+            if let Ok(r) = client.get(format!("{u}/v1/agent/self")).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["Stats"]["raft"]["state"] == "Leader" {
+                        leader = Some(i);
+                    }
+                }
+            }
+        }
+        if let Some(l) = leader {
+            let mut urls = urls.clone();
+            urls.swap(0, l);
+            procs.0.swap(0, l);
+            return Ok(Cluster { target: Target::Berth, procs, urls, _dir: dir });
+        }
+        if Instant::now() > deadline {
+            bail!("berth cluster of {n} has no leader after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_etcd(bin: &Path, n: usize) -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+        .collect();
+    let mut procs = Procs(Vec::new());
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let log = log_file(dir.path(), &format!("e{i}"))?;
+        let child = Command::new(bin)
+            .args(["--name", &format!("e{i}"), "--data-dir"])
+            .arg(dir.path().join(format!("e{i}")))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{p}")])
+            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "berth-bench", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        procs.0.push(child);
+    }
+    let urls: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leader = None;
+        for (i, u) in urls.iter().enumerate() {
+            if let Ok(r) = client.post(format!("{u}/v3/maintenance/status")).body("{}").send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
+                        leader = Some(i);
+                    }
+                }
+            }
+        }
+        if let Some(l) = leader {
+            let mut urls = urls.clone();
+            urls.swap(0, l);
+            procs.0.swap(0, l);
+            return Ok(Cluster { target: Target::Etcd, procs, urls, _dir: dir });
+        }
+        if Instant::now() > deadline {
+            bail!("etcd cluster of {n} has no leader after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Figures {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+/// Closed loop: `clients` workers, one keep-alive connection each, `total` PUTs in all.
+async fn load(c: &Cluster, clients: usize, total: u64, value: &[u8], key_base: &str) -> Result<Figures> {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let url = c.urls[0].clone();
+    let value_b64 = B64.encode(value);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).http1_only().build()?;
+        let (next, errors, url, value, value_b64, key_base) =
+            (next.clone(), errors.clone(), url.clone(), value.to_vec(), value_b64.clone(), key_base.to_string());
+        let target = c.target;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let key = format!("{key_base}/{i}");
+                let t = Instant::now();
+                let res = match target {
+                    Target::Berth => client.put(format!("{url}/v1/kv/{key}")).body(value.clone()).send().await,
+                    Target::Etcd => {
+                        let body = serde_json::json!({"key": B64.encode(&key), "value": value_b64});
+                        client.post(format!("{url}/v3/kv/put")).json(&body).send().await
+                    }
+                };
+                match res {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed());
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    Ok(Figures {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let value = vec![b'v'; args.value_size];
+    println!(
+        "KV PUT, {} requests per level, {} B values, loopback, fsync on; writes go to the leader",
+        args.requests, args.value_size
+    );
+    println!("{:<6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>7}", "target", "servers", "clients", "req/s", "p50", "p99", "errors");
+    let mut rows: Vec<(Target, usize, usize, Figures)> = Vec::new();
+    for &size in &args.sizes {
+        for target in [Target::Berth, Target::Etcd] {
+            let cluster = match target {
+                Target::Berth => start_berth(&args.berth_bin, size).await?,
+                Target::Etcd => start_etcd(&args.etcd, size).await?,
+            };
+            for &clients in &args.clients {
+                let f = load(&cluster, clients, args.requests, &value, &format!("bench/c{clients}")).await?;
+                println!(
+                    "{:<6} {:>7} {:>7} {:>10.0} {:>10} {:>10} {:>7}",
+                    target.name(),
+                    size,
+                    clients,
+                    f.rps,
+                    ms(f.p50),
+                    ms(f.p99),
+                    f.errors
+                );
+                rows.push((target, size, clients, f));
+            }
+            drop(cluster);
+        }
+    }
+    println!("\nratio berth/etcd (req/s; above 1.0 means Berth is faster)");
+    for &size in &args.sizes {
+        for &clients in &args.clients {
+            let find = |t: Target| rows.iter().find(|r| r.0 == t && r.1 == size && r.2 == clients).map(|r| r.3.rps);
+            if let (Some(b), Some(e)) = (find(Target::Berth), find(Target::Etcd)) {
+                println!("  {size} server(s), {clients:>2} clients: {:.2}x", b / e);
+            }
+        }
+    }
+
+    println!("\nmemory after {} keys of 100 B (one server, RSS)", args.rss_keys);
+    let small = vec![b'm'; 100];
+    for target in [Target::Berth, Target::Etcd] {
+        let cluster = match target {
+            Target::Berth => start_berth(&args.berth_bin, 1).await?,
+            Target::Etcd => start_etcd(&args.etcd, 1).await?,
+        };
+        let before = rss_mb(cluster.procs.0[0].id());
+        load(&cluster, 64, args.rss_keys, &small, "rss").await?;
+        let after = rss_mb(cluster.procs.0[0].id());
+        let goal = if target == Target::Berth { " (goal: under 200 MB)" } else { "" };
+        println!("  {:<6} {:>8.1} MB (idle {:.1} MB){goal}", target.name(), after, before);
+    }
+    Ok(())
+}
