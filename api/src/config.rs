@@ -80,17 +80,18 @@ pub fn from_value<T: DeserializeOwned>(
 /// serde says "unknown field `x`, expected one of ..."; the user wants "unknown key" and the
 /// full path of the entry.
 fn describe(path: &str, message: &str) -> (String, String) {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((field, expected)) = rest.split_once('`') {
-            // serde_path_to_error's path already ends with the unknown field.
-            let key = if path == "." || path.is_empty() {
-                field.to_string()
-            } else {
-                path.to_string()
-            };
-            let expected = expected.trim_start_matches(", ");
-            return (key, format!("unknown key ({expected})"));
-        }
+    if let Some((field, expected)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        // serde_path_to_error's path already ends with the unknown field.
+        let key = if path == "." || path.is_empty() {
+            field.to_string()
+        } else {
+            path.to_string()
+        };
+        let expected = expected.trim_start_matches(", ");
+        return (key, format!("unknown key ({expected})"));
     }
     let key = if path.is_empty() {
         ".".to_string()

@@ -1,6 +1,6 @@
-//! `berth-server` configuration: flags > config files (later files win) > `BERTH_*` environment
-//! > defaults. Everything here is pure: the process environment and files are read by the
-//! caller and passed in, so every rule is unit-tested.
+//! `berth-server` configuration. Precedence: flags, then config files (later files win), then
+//! `BERTH_*` environment variables, then defaults. Everything here is pure: the process
+//! environment and files are read by the caller and passed in, so every rule is unit-tested.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

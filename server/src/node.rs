@@ -297,13 +297,11 @@ impl Node {
                     last_seen: None,
                 });
         }
-        if let Some(s) = seen {
-            if let Ok(uuid) = uuid::Uuid::parse_str(&s.uuid) {
-                let id = crate::raft::types::raft_id(&uuid);
-                if let Some(p) = peers.get_mut(&id) {
-                    p.last_seen = Some(Instant::now());
-                }
-            }
+        if let Some(s) = seen
+            && let Ok(uuid) = uuid::Uuid::parse_str(&s.uuid)
+            && let Some(p) = peers.get_mut(&crate::raft::types::raft_id(&uuid))
+        {
+            p.last_seen = Some(Instant::now());
         }
     }
 

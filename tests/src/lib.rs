@@ -196,10 +196,8 @@ impl Server {
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self.leader().await {
-                if !l.is_empty() {
-                    return;
-                }
+            if self.leader().await.is_some_and(|l| !l.is_empty()) {
+                return;
             }
             if Instant::now() > deadline {
                 panic!(
@@ -255,6 +253,20 @@ pub async fn get_json(url: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: {e}: {text}"))
 }
 
+/// How one server of a [`Cluster`] is to be started.
+pub struct Plan {
+    pub name: String,
+    pub http: u16,
+    pub rpc: u16,
+    pub args: Vec<String>,
+}
+
+impl Plan {
+    pub fn start(&self, dir: &Path) -> Server {
+        Server::start(dir, &self.name, self.http, self.rpc, &self.args)
+    }
+}
+
 /// A cluster of servers started with `-bootstrap-expect n` and `-retry-join` to each other.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -263,10 +275,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Ports and flags of `n` servers, without starting them.
-    pub fn plan(
-        n: usize,
-        extra: &[&str],
-    ) -> (tempfile::TempDir, Vec<(String, u16, u16, Vec<String>)>) {
+    pub fn plan(n: usize, extra: &[&str]) -> (tempfile::TempDir, Vec<Plan>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let plans = (0..n)
@@ -281,7 +290,12 @@ impl Cluster {
                 args.push("-retry-interval".to_string());
                 args.push("200ms".to_string());
                 args.extend(extra.iter().map(|s| s.to_string()));
-                (format!("s{}", i + 1), ports[i].0, ports[i].1, args)
+                Plan {
+                    name: format!("s{}", i + 1),
+                    http: ports[i].0,
+                    rpc: ports[i].1,
+                    args,
+                }
             })
             .collect();
         (dir, plans)
@@ -289,10 +303,7 @@ impl Cluster {
 
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
         let (dir, plans) = Cluster::plan(n, extra);
-        let servers = plans
-            .into_iter()
-            .map(|(name, http, rpc, args)| Server::start(dir.path(), &name, http, rpc, &args))
-            .collect();
+        let servers = plans.into_iter().map(|p| p.start(dir.path())).collect();
         let c = Cluster { dir, servers };
         c.wait_agreed_leader(&(0..n).collect::<Vec<_>>(), Duration::from_secs(30))
             .await;
@@ -307,12 +318,12 @@ impl Cluster {
             for &i in among {
                 seen.push(self.servers[i].leader().await.unwrap_or_default());
             }
-            if !seen[0].is_empty() && seen.iter().all(|l| l == &seen[0]) {
-                if let Some(idx) = self.servers.iter().position(|s| s.rpc_addr() == seen[0]) {
-                    if among.contains(&idx) {
-                        return idx;
-                    }
-                }
+            let agreed = !seen[0].is_empty() && seen.iter().all(|l| l == &seen[0]);
+            if let Some(idx) = self
+                .leader_of(&seen[0])
+                .filter(|i| agreed && among.contains(i))
+            {
+                return idx;
             }
             if Instant::now() > deadline {
                 let logs: Vec<String> = among

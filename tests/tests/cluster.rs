@@ -24,18 +24,14 @@ async fn voters(s: &Server) -> Vec<(String, bool)> {
 async fn three_servers_form_one_cluster_in_any_start_order() {
     let (dir, plans) = Cluster::plan(3, &[]);
     // The last one first, the others a while later.
-    let (n3, h3, r3, a3) = &plans[2];
-    let s3 = Server::start(dir.path(), n3, *h3, *r3, a3);
+    let s3 = plans[2].start(dir.path());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         s3.leader().await.unwrap_or_default(),
         "",
         "one server alone must not bootstrap"
     );
-    let mut servers: Vec<Server> = plans[..2]
-        .iter()
-        .map(|(n, h, r, a)| Server::start(dir.path(), n, *h, *r, a))
-        .collect();
+    let mut servers: Vec<Server> = plans[..2].iter().map(|p| p.start(dir.path())).collect();
     servers.push(s3);
     let c = Cluster { dir, servers };
     let leader = c

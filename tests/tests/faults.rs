@@ -28,15 +28,16 @@ async fn run_writers(
                 let value = format!("v{i}");
                 // Any server: followers forward; a dead one just fails this attempt.
                 let url = &urls[(i as usize + w) % urls.len()];
-                if let Ok(r) = client
+                let sent = client
                     .put(format!("{url}/v1/kv/{key}"))
                     .body(value.clone())
                     .send()
-                    .await
+                    .await;
+                if let Ok(r) = sent
+                    && r.status().is_success()
+                    && r.text().await.unwrap_or_default() == "true"
                 {
-                    if r.status().is_success() && r.text().await.unwrap_or_default() == "true" {
-                        acked.lock().unwrap().insert(key, value);
-                    }
+                    acked.lock().unwrap().insert(key, value);
                 }
                 i += 1;
             }
@@ -75,12 +76,12 @@ async fn leader_kill9_loses_no_acknowledged_write() {
             client: &client,
             base: s.url(""),
         };
-        if let Ok(r) =
-            tokio::time::timeout(Duration::from_secs(2), kv.put("probe/after-kill", "x", "")).await
+        let put = tokio::time::timeout(Duration::from_secs(2), kv.put("probe/after-kill", "x", ""));
+        if let Ok(r) = put.await
+            && r.status == 200
+            && r.text() == "true"
         {
-            if r.status == 200 && r.text() == "true" {
-                break killed.elapsed();
-            }
+            break killed.elapsed();
         }
         assert!(
             killed.elapsed() < Duration::from_secs(15),

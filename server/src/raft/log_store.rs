@@ -6,6 +6,9 @@
 //! which is what makes throughput scale with concurrency. openraft is told an append is
 //! durable only through the `LogFlushed` callback, after that commit.
 
+// openraft's storage traits fix the error type; boxing it here would only move the size.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
@@ -184,12 +187,12 @@ fn load(db: &Database) -> Result<(Meta, BTreeMap<u64, Entry>), String> {
                 entry.get_log_id().index
             ));
         }
-        if let Some(exp) = expected {
-            if index != exp {
-                return Err(format!(
-                    "gap in the log: expected entry {exp}, found {index}"
-                ));
-            }
+        if let Some(exp) = expected
+            && index != exp
+        {
+            return Err(format!(
+                "gap in the log: expected entry {exp}, found {index}"
+            ));
         }
         expected = Some(index + 1);
         entries.insert(index, entry);

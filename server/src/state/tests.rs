@@ -176,7 +176,7 @@ fn watches_wake_only_what_changed() {
     let mut a = w.subscribe(&WatchTarget::Key("a".into()));
     let mut b = w.subscribe(&WatchTarget::Key("b".into()));
     let mut p = w.subscribe(&WatchTarget::Prefix("a".into()));
-    let mut deep = w.subscribe(&WatchTarget::Prefix("x/y/".into()));
+    let deep = w.subscribe(&WatchTarget::Prefix("x/y/".into()));
     w.fire(&Changes {
         keys: vec!["a".into()],
         ..Default::default()

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::Parser;
 
@@ -41,7 +41,9 @@ struct Args {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Processes of one cluster; killed on drop, even when the benchmark fails half-way.
@@ -84,53 +86,61 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
 
 async fn start_berth(bin: &Path, n: usize) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_>>()?;
     let mut procs = Procs(Vec::new());
     for (i, (http, rpc)) in ports.iter().enumerate() {
         let mut cmd = Command::new(bin.join("berth-server"));
         cmd.args(["-node", &format!("b{i}"), "-data-dir"])
             .arg(dir.path().join(format!("b{i}")))
-            .args(["-http-addr", &format!("127.0.0.1:{http}"), "-rpc-addr", &format!("127.0.0.1:{rpc}")])
-            .args(["-bootstrap-expect", &n.to_string(), "-retry-interval", "200ms", "-log-level", "warn"]);
+            .args([
+                "-http-addr",
+                &format!("127.0.0.1:{http}"),
+                "-rpc-addr",
+                &format!("127.0.0.1:{rpc}"),
+            ])
+            .args([
+                "-bootstrap-expect",
+                &n.to_string(),
+                "-retry-interval",
+                "200ms",
+                "-log-level",
+                "warn",
+            ]);
         for (j, (_, r)) in ports.iter().enumerate() {
             if j != i {
                 cmd.args(["-retry-join", &format!("127.0.0.1:{r}")]);
             }
         }
         let log = log_file(dir.path(), &format!("b{i}"))?;
-        procs.0.push(cmd.stdout(Stdio::null()).stderr(log).spawn().context("start berth-server")?);
+        procs.0.push(
+            cmd.stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("start berth-server")?,
+        );
     }
-    let urls: Vec<String> = ports.iter().map(|(h, _)| format!("http://127.0.0.1:{h}")).collect();
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Find the leader and put it first: both systems get their writes at the leader.
-    loop {
-        let mut leader = None;
-        for (i, u) in urls.iter().enumerate() {
-            if let Ok(r) = client.get(format!("{u}/v1/agent/self")).send().await {
-                if let Ok(v) = r.json::<serde_json::Value>().await {
-                    if v["Stats"]["raft"]["state"] == "Leader" {
-                        leader = Some(i);
-                    }
-                }
-            }
-        }
-        if let Some(l) = leader {
-            let mut urls = urls.clone();
-            urls.swap(0, l);
-            procs.0.swap(0, l);
-            return Ok(Cluster { target: Target::Berth, procs, urls, _dir: dir });
-        }
-        if Instant::now() > deadline {
-            bail!("berth cluster of {n} has no leader after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|(h, _)| format!("http://127.0.0.1:{h}"))
+        .collect();
+    // Both systems get their writes at the leader, so it goes first.
+    let leader = find_leader(
+        &urls,
+        "berth",
+        |c, u| c.get(format!("{u}/v1/agent/self")),
+        |v| v["Stats"]["raft"]["state"] == "Leader",
+    )
+    .await?;
+    Ok(Cluster::new(Target::Berth, procs, urls, dir, leader))
 }
 
 async fn start_etcd(bin: &Path, n: usize) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_>>()?;
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
@@ -145,39 +155,84 @@ async fn start_etcd(bin: &Path, n: usize) -> Result<Cluster> {
             .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
             .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{p}")])
-            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", "berth-bench", "--log-level", "warn"])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args([
+                "--initial-cluster-token",
+                "berth-bench",
+                "--log-level",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         procs.0.push(child);
     }
-    let urls: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+        .collect();
+    let leader = find_leader(
+        &urls,
+        "etcd",
+        |c, u| c.post(format!("{u}/v3/maintenance/status")).body("{}"),
+        |v| v["leader"].is_string() && v["leader"] == v["header"]["member_id"],
+    )
+    .await?;
+    Ok(Cluster::new(Target::Etcd, procs, urls, dir, leader))
+}
+
+/// Polls every member until one says it leads; returns its position.
+async fn find_leader(
+    urls: &[String],
+    what: &str,
+    request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    is_leader: impl Fn(&serde_json::Value) -> bool,
+) -> Result<usize> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut leader = None;
         for (i, u) in urls.iter().enumerate() {
-            if let Ok(r) = client.post(format!("{u}/v3/maintenance/status")).body("{}").send().await {
-                if let Ok(v) = r.json::<serde_json::Value>().await {
-                    if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
-                        leader = Some(i);
-                    }
-                }
+            let reply = match request(&client, u).send().await {
+                Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                Err(_) => None,
+            };
+            if reply.as_ref().is_some_and(&is_leader) {
+                return Ok(i);
             }
         }
-        if let Some(l) = leader {
-            let mut urls = urls.clone();
-            urls.swap(0, l);
-            procs.0.swap(0, l);
-            return Ok(Cluster { target: Target::Etcd, procs, urls, _dir: dir });
-        }
         if Instant::now() > deadline {
-            bail!("etcd cluster of {n} has no leader after 30 s");
+            bail!("{what} cluster of {} has no leader after 30 s", urls.len());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Cluster {
+    fn new(
+        target: Target,
+        mut procs: Procs,
+        mut urls: Vec<String>,
+        dir: tempfile::TempDir,
+        leader: usize,
+    ) -> Self {
+        urls.swap(0, leader);
+        procs.0.swap(0, leader);
+        Cluster {
+            target,
+            procs,
+            urls,
+            _dir: dir,
+        }
     }
 }
 
@@ -189,7 +244,13 @@ struct Figures {
 }
 
 /// Closed loop: `clients` workers, one keep-alive connection each, `total` PUTs in all.
-async fn load(c: &Cluster, clients: usize, total: u64, value: &[u8], key_base: &str) -> Result<Figures> {
+async fn load(
+    c: &Cluster,
+    clients: usize,
+    total: u64,
+    value: &[u8],
+    key_base: &str,
+) -> Result<Figures> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let url = c.urls[0].clone();
@@ -197,9 +258,18 @@ async fn load(c: &Cluster, clients: usize, total: u64, value: &[u8], key_base: &
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).http1_only().build()?;
-        let (next, errors, url, value, value_b64, key_base) =
-            (next.clone(), errors.clone(), url.clone(), value.to_vec(), value_b64.clone(), key_base.to_string());
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .http1_only()
+            .build()?;
+        let (next, errors, url, value, value_b64, key_base) = (
+            next.clone(),
+            errors.clone(),
+            url.clone(),
+            value.to_vec(),
+            value_b64.clone(),
+            key_base.to_string(),
+        );
         let target = c.target;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -211,10 +281,20 @@ async fn load(c: &Cluster, clients: usize, total: u64, value: &[u8], key_base: &
                 let key = format!("{key_base}/{i}");
                 let t = Instant::now();
                 let res = match target {
-                    Target::Berth => client.put(format!("{url}/v1/kv/{key}")).body(value.clone()).send().await,
+                    Target::Berth => {
+                        client
+                            .put(format!("{url}/v1/kv/{key}"))
+                            .body(value.clone())
+                            .send()
+                            .await
+                    }
                     Target::Etcd => {
                         let body = serde_json::json!({"key": B64.encode(&key), "value": value_b64});
-                        client.post(format!("{url}/v3/kv/put")).json(&body).send().await
+                        client
+                            .post(format!("{url}/v3/kv/put"))
+                            .json(&body)
+                            .send()
+                            .await
                     }
                 };
                 match res {
@@ -236,7 +316,11 @@ async fn load(c: &Cluster, clients: usize, total: u64, value: &[u8], key_base: &
     }
     let elapsed = started.elapsed();
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     Ok(Figures {
         rps: all.len() as f64 / elapsed.as_secs_f64(),
         p50: pct(0.50),
@@ -269,7 +353,10 @@ async fn main() -> Result<()> {
         "KV PUT, {} requests per level, {} B values, loopback, fsync on; writes go to the leader",
         args.requests, args.value_size
     );
-    println!("{:<6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>7}", "target", "servers", "clients", "req/s", "p50", "p99", "errors");
+    println!(
+        "{:<6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>7}",
+        "target", "servers", "clients", "req/s", "p50", "p99", "errors"
+    );
     let mut rows: Vec<(Target, usize, usize, Figures)> = Vec::new();
     for &size in &args.sizes {
         for target in [Target::Berth, Target::Etcd] {
@@ -278,7 +365,14 @@ async fn main() -> Result<()> {
                 Target::Etcd => start_etcd(&args.etcd, size).await?,
             };
             for &clients in &args.clients {
-                let f = load(&cluster, clients, args.requests, &value, &format!("bench/c{clients}")).await?;
+                let f = load(
+                    &cluster,
+                    clients,
+                    args.requests,
+                    &value,
+                    &format!("bench/c{clients}"),
+                )
+                .await?;
                 println!(
                     "{:<6} {:>7} {:>7} {:>10.0} {:>10} {:>10} {:>7}",
                     target.name(),
@@ -297,14 +391,21 @@ async fn main() -> Result<()> {
     println!("\nratio berth/etcd (req/s; above 1.0 means Berth is faster)");
     for &size in &args.sizes {
         for &clients in &args.clients {
-            let find = |t: Target| rows.iter().find(|r| r.0 == t && r.1 == size && r.2 == clients).map(|r| r.3.rps);
+            let find = |t: Target| {
+                rows.iter()
+                    .find(|r| r.0 == t && r.1 == size && r.2 == clients)
+                    .map(|r| r.3.rps)
+            };
             if let (Some(b), Some(e)) = (find(Target::Berth), find(Target::Etcd)) {
                 println!("  {size} server(s), {clients:>2} clients: {:.2}x", b / e);
             }
         }
     }
 
-    println!("\nmemory after {} keys of 100 B (one server, RSS)", args.rss_keys);
+    println!(
+        "\nmemory after {} keys of 100 B (one server, RSS)",
+        args.rss_keys
+    );
     let small = vec![b'm'; 100];
     for target in [Target::Berth, Target::Etcd] {
         let cluster = match target {
@@ -314,8 +415,17 @@ async fn main() -> Result<()> {
         let before = rss_mb(cluster.procs.0[0].id());
         load(&cluster, 64, args.rss_keys, &small, "rss").await?;
         let after = rss_mb(cluster.procs.0[0].id());
-        let goal = if target == Target::Berth { " (goal: under 200 MB)" } else { "" };
-        println!("  {:<6} {:>8.1} MB (idle {:.1} MB){goal}", target.name(), after, before);
+        let goal = if target == Target::Berth {
+            " (goal: under 200 MB)"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<6} {:>8.1} MB (idle {:.1} MB){goal}",
+            target.name(),
+            after,
+            before
+        );
     }
     Ok(())
 }
