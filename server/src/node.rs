@@ -25,7 +25,7 @@ pub struct Peer {
     pub last_seen: Option<Instant>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     #[error("No cluster leader")]
     NoLeader,
@@ -117,7 +117,7 @@ async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pendin
             match outcome {
                 Err(e) => {
                     for w in waiters {
-                        let _ = w.send(Err(e.duplicate()));
+                        let _ = w.send(Err(e.clone()));
                     }
                 }
                 Ok((index, CommandResult::Batch(results))) if !single => {
@@ -132,17 +132,6 @@ async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pendin
                 }
             }
         });
-    }
-}
-
-impl WriteError {
-    fn duplicate(&self) -> WriteError {
-        match self {
-            WriteError::NoLeader => WriteError::NoLeader,
-            WriteError::NotLeader => WriteError::NotLeader,
-            WriteError::Rejected(m) => WriteError::Rejected(m.clone()),
-            WriteError::Raft(m) => WriteError::Raft(m.clone()),
-        }
     }
 }
 

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json as j;
 
@@ -172,21 +171,20 @@ pub async fn members(State(node): State<Arc<Node>>) -> Response {
     json(&list)
 }
 
-pub async fn agent_self(State(node): State<Arc<Node>>) -> Result<Response, StatusCode> {
+pub async fn agent_self(State(node): State<Arc<Node>>) -> Response {
     let m = node.metrics();
     let state = format!("{:?}", m.state);
     let raft = j!({
         "state": state,
         "term": m.current_term.to_string(),
         "last_log_index": m.last_log_index.unwrap_or(0).to_string(),
-        "commit_index": node.store.applied.borrow().to_string(),
         "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0).to_string(),
         "last_snapshot_index": node.store.last_snapshot_index.load(Ordering::Relaxed).to_string(),
         "snapshot_installs": node.store.snapshot_installs.load(Ordering::Relaxed).to_string(),
         "num_peers": m.membership_config.membership().voter_ids().filter(|v| *v != node.id).count().to_string(),
         "leader_addr": node.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default(),
     });
-    Ok(json(&j!({
+    json(&j!({
         "Config": {
             "Datacenter": node.cfg.datacenter,
             "PrimaryDatacenter": node.cfg.datacenter,
@@ -200,5 +198,5 @@ pub async fn agent_self(State(node): State<Arc<Node>>) -> Result<Response, Statu
         "Member": member_of(&node, &node.info, MEMBER_ALIVE),
         "Stats": { "raft": raft },
         "Meta": {},
-    })))
+    }))
 }
