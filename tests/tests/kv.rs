@@ -7,6 +7,12 @@ use berth_tests::{Kv, Server, http_client, send};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// A GET running in the background, for blocking queries.
+fn spawn_get(c: &reqwest::Client, url: String) -> tokio::task::JoinHandle<berth_tests::Reply> {
+    let c = c.clone();
+    tokio::spawn(async move { send(c.get(url)).await })
+}
+
 async fn dev() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::dev(dir.path());
@@ -216,11 +222,7 @@ async fn blocking_query_returns_on_change_and_not_for_other_keys() {
 
     // A write to another key must not wake the watcher: it returns at its wait, unchanged.
     let started = Instant::now();
-    let waiter = {
-        let c = c.clone();
-        let url = s.url(&format!("/v1/kv/watched?index={idx}&wait=2s"));
-        tokio::spawn(async move { send(c.get(url)).await })
-    };
+    let waiter = spawn_get(&c, s.url(&format!("/v1/kv/watched?index={idx}&wait=2s")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     kv.put("other", "2", "").await;
     let r = waiter.await.unwrap();
@@ -232,11 +234,7 @@ async fn blocking_query_returns_on_change_and_not_for_other_keys() {
 
     // A write to the key wakes it long before its wait.
     let started = Instant::now();
-    let waiter = {
-        let c = c.clone();
-        let url = s.url(&format!("/v1/kv/watched?index={idx}&wait=60s"));
-        tokio::spawn(async move { send(c.get(url)).await })
-    };
+    let waiter = spawn_get(&c, s.url(&format!("/v1/kv/watched?index={idx}&wait=60s")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     kv.put("watched", "2", "").await;
     let r = waiter.await.unwrap();
@@ -249,22 +247,20 @@ async fn blocking_query_returns_on_change_and_not_for_other_keys() {
 
     // Prefix watchers wake for a key below them, including its deletion.
     let pidx = kv.get("dir/", "?recurse").await.index();
-    let waiter = {
-        let c = c.clone();
-        let url = s.url(&format!("/v1/kv/dir/?recurse&index={pidx}&wait=60s"));
-        tokio::spawn(async move { send(c.get(url)).await })
-    };
+    let waiter = spawn_get(
+        &c,
+        s.url(&format!("/v1/kv/dir/?recurse&index={pidx}&wait=60s")),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     kv.put("dir/sub/key", "x", "").await;
     let r = waiter.await.unwrap();
     assert_eq!(r.status, 200);
     assert!(r.index() > pidx);
     let pidx = r.index();
-    let waiter = {
-        let c = c.clone();
-        let url = s.url(&format!("/v1/kv/dir/?recurse&index={pidx}&wait=60s"));
-        tokio::spawn(async move { send(c.get(url)).await })
-    };
+    let waiter = spawn_get(
+        &c,
+        s.url(&format!("/v1/kv/dir/?recurse&index={pidx}&wait=60s")),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     kv.delete("dir/sub/key", "").await;
     let r = waiter.await.unwrap();

@@ -258,15 +258,21 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
     })
 }
 
+impl Shared {
+    fn range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
+        read(&self.entries)
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(read(&self.shared.entries)
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(self.shared.range(range))
     }
 }
 
@@ -275,10 +281,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(read(&self.shared.entries)
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(self.shared.range(range))
     }
 }
 
