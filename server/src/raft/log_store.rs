@@ -1,7 +1,8 @@
 //! The Raft log and vote, durable in redb.
 //!
-//! Every entry not yet purged is also kept in memory, so replication and apply never read the
-//! disk. Writes go to one writer thread that drains everything queued and commits it as one
+//! The newest entries (up to `MEM_BYTES`) are also kept in memory, so replication to followers
+//! that keep up and apply never read the disk; older ones, needed only by a lagging follower,
+//! are read back from redb. Memory thus stays bounded however many writes share an entry. Writes go to one writer thread that drains everything queued and commits it as one
 //! fsynced redb transaction (group commit): under load many client writes share one fsync,
 //! which is what makes throughput scale with concurrency. openraft is told an append is
 //! durable only through the `LogFlushed` callback, after that commit.
@@ -14,6 +15,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -30,6 +32,9 @@ const META_COMMITTED: &str = "committed";
 const META_PURGED: &str = "last_purged";
 /// Upper bound of operations folded into one transaction.
 const MAX_BATCH: usize = 8192;
+/// Encoded bytes of entries kept in memory before the oldest durable, committed ones are
+/// dropped from it.
+const MEM_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("raft log {}: {message}", path.display())]
@@ -43,11 +48,54 @@ struct Meta {
     vote: Option<Vote>,
     committed: Option<LogId>,
     last_purged: Option<LogId>,
+    last_log: Option<LogId>,
+}
+
+/// The in-memory tail of the log: entries and their encoded size.
+#[derive(Default)]
+struct Tail {
+    entries: BTreeMap<u64, (Entry, usize)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn insert(&mut self, index: u64, e: Entry, size: usize) {
+        if let Some((_, old)) = self.entries.insert(index, (e, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+    }
+
+    /// Drops every entry at or above `from`.
+    fn truncate(&mut self, from: u64) {
+        for (_, (_, size)) in self.entries.split_off(&from) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Drops entries at or below `upto`, oldest first, while `keep_going` says so.
+    fn drop_front(&mut self, upto: u64, mut keep_going: impl FnMut(&Tail) -> bool) {
+        while keep_going(self) {
+            match self.entries.first_key_value() {
+                Some((i, _)) if *i <= upto => {
+                    if let Some((_, (_, size))) = self.entries.pop_first() {
+                        self.bytes -= size;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 struct Shared {
-    entries: RwLock<BTreeMap<u64, Entry>>,
+    tail: RwLock<Tail>,
     meta: Mutex<Meta>,
+    db: Arc<Database>,
+    mem_bytes: usize,
+    /// Highest index whose append is durable. Entries at or below both this and the committed
+    /// index can never be truncated, so they may leave memory and be read from redb.
+    flushed: AtomicU64,
 }
 
 enum Op {
@@ -87,6 +135,11 @@ impl LogStore {
     /// Opens (or creates) the log at `path`; `None` keeps it in memory (dev mode). A log that
     /// cannot be read whole is an error, never an empty start.
     pub fn open(path: Option<&Path>) -> Result<Self, LogStoreError> {
+        Self::open_with_memory(path, MEM_BYTES)
+    }
+
+    /// [`LogStore::open`] keeping at most `mem_bytes` of encoded entries in memory.
+    pub fn open_with_memory(path: Option<&Path>, mem_bytes: usize) -> Result<Self, LogStoreError> {
         let shown = path
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("(memory)"));
@@ -107,15 +160,20 @@ impl LogStore {
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .map_err(|e| err(e.to_string()))?,
         };
-        let (meta, entries) = load(&db).map_err(err)?;
+        let (meta, tail) = load(&db, mem_bytes).map_err(err)?;
+        let flushed = meta.last_log.map(|l| l.index).unwrap_or(0);
         let shared = Arc::new(Shared {
-            entries: RwLock::new(entries),
+            tail: RwLock::new(tail),
             meta: Mutex::new(meta),
+            db: Arc::new(db),
+            mem_bytes,
+            flushed: AtomicU64::new(flushed),
         });
         let (tx, rx) = mpsc::channel();
+        let for_writer = shared.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer(db, rx))
+            .spawn(move || writer(for_writer, rx))
             .map_err(|e| err(format!("cannot start the writer thread: {e}")))?;
         Ok(LogStore { shared, tx })
     }
@@ -150,7 +208,7 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
     serde_json::from_slice(bytes).map_err(|e| format!("corrupt {what}: {e}"))
 }
 
-fn load(db: &Database) -> Result<(Meta, BTreeMap<u64, Entry>), String> {
+fn load(db: &Database, mem_bytes: usize) -> Result<(Meta, Tail), String> {
     let init = db.begin_write().map_err(|e| e.to_string())?;
     init.open_table(LOGS).map_err(|e| e.to_string())?;
     init.open_table(META).map_err(|e| e.to_string())?;
@@ -175,7 +233,7 @@ fn load(db: &Database) -> Result<(Meta, BTreeMap<u64, Entry>), String> {
         meta.last_purged = decode("purge marker", &v)?;
     }
     let logs = txn.open_table(LOGS).map_err(|e| e.to_string())?;
-    let mut entries = BTreeMap::new();
+    let mut tail = Tail::default();
     let mut expected = meta.last_purged.map(|l| l.index + 1);
     for row in logs.iter().map_err(|e| format!("corrupt log table: {e}"))? {
         let (k, v) = row.map_err(|e| format!("corrupt log table: {e}"))?;
@@ -195,12 +253,16 @@ fn load(db: &Database) -> Result<(Meta, BTreeMap<u64, Entry>), String> {
             ));
         }
         expected = Some(index + 1);
-        entries.insert(index, entry);
+        meta.last_log = Some(*entry.get_log_id());
+        tail.insert(index, entry, v.value().len());
+        tail.drop_front(index, |t| t.bytes > mem_bytes);
     }
-    Ok((meta, entries))
+    meta.last_log = meta.last_log.or(meta.last_purged);
+    Ok((meta, tail))
 }
 
-fn writer(db: Database, rx: mpsc::Receiver<Op>) {
+fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Op>) {
+    let db = shared.db.clone();
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH {
@@ -210,8 +272,20 @@ fn writer(db: Database, rx: mpsc::Receiver<Op>) {
             }
         }
         let result = commit(&db, &ops).map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "raft log write failed");
+        match &result {
+            Err(e) => tracing::error!(error = %e, "raft log write failed"),
+            Ok(()) => {
+                let top = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Append(rows, _) => rows.last().map(|(i, _)| *i),
+                        _ => None,
+                    })
+                    .max();
+                if let Some(top) = top {
+                    shared.flushed.fetch_max(top, Ordering::SeqCst);
+                }
+            }
         }
         for op in ops {
             match op {
@@ -259,11 +333,47 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
 }
 
 impl Shared {
-    fn range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
-        read(&self.entries)
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect()
+    /// Entries in `range`: the part below the in-memory tail from redb, the rest from memory.
+    fn range<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StorageError> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let tail = read(&self.tail);
+        let tail_first = tail.entries.keys().next().copied().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        if start < tail_first {
+            out = self.read_db(start, end.min(tail_first))?;
+        }
+        let from = start.max(tail_first);
+        if from < end {
+            out.extend(tail.entries.range(from..end).map(|(_, (e, _))| e.clone()));
+        }
+        Ok(out)
+    }
+
+    fn read_db(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let io = |e: String| {
+            StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Read, io::Error::other(e))
+        };
+        let txn = self.db.begin_read().map_err(|e| io(e.to_string()))?;
+        let logs = txn.open_table(LOGS).map_err(|e| io(e.to_string()))?;
+        let mut out = Vec::new();
+        for row in logs.range(start..end).map_err(|e| io(e.to_string()))? {
+            let (k, v) = row.map_err(|e| io(e.to_string()))?;
+            out.push(decode(&format!("entry {}", k.value()), v.value()).map_err(io)?);
+        }
+        Ok(out)
     }
 }
 
@@ -272,7 +382,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(self.shared.range(range))
+        self.shared.range(range)
     }
 }
 
@@ -281,7 +391,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(self.shared.range(range))
+        self.shared.range(range)
     }
 }
 
@@ -289,14 +399,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged = lock(&self.shared.meta).last_purged;
-        let last = read(&self.shared.entries)
-            .values()
-            .next_back()
-            .map(|e| *e.get_log_id());
+        let meta = lock(&self.shared.meta);
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_purged_log_id: meta.last_purged,
+            last_log_id: meta.last_log.or(meta.last_purged),
         })
     }
 
@@ -335,29 +441,58 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut last = None;
         {
-            let mut mem = write(&self.shared.entries);
+            let mut tail = write(&self.shared.tail);
             for e in entries {
                 let index = e.get_log_id().index;
-                rows.push((index, encode(&e)?));
-                mem.insert(index, e);
+                last = Some(*e.get_log_id());
+                let bytes = encode(&e)?;
+                tail.insert(index, e, bytes.len());
+                rows.push((index, bytes));
             }
+            let limit = self.shared.mem_bytes;
+            if tail.bytes > limit {
+                let committed = lock(&self.shared.meta)
+                    .committed
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                let safe = committed.min(self.shared.flushed.load(Ordering::SeqCst));
+                tail.drop_front(safe, |t| t.bytes > limit);
+            }
+        }
+        if last.is_some() {
+            lock(&self.shared.meta).last_log = last;
         }
         self.send(Op::Append(rows, callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        write(&self.shared.entries).split_off(&log_id.index);
+        write(&self.shared.tail).truncate(log_id.index);
+        let before = match log_id.index.checked_sub(1) {
+            Some(prev) => self
+                .shared
+                .range(prev..=prev)?
+                .first()
+                .map(|e| *e.get_log_id()),
+            None => None,
+        };
+        {
+            let mut meta = lock(&self.shared.meta);
+            meta.last_log = before.or(meta.last_purged);
+        }
         self.send(Op::Truncate(log_id.index))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        write(&self.shared.tail).drop_front(log_id.index, |_| true);
         {
-            let mut mem = write(&self.shared.entries);
-            let keep = mem.split_off(&(log_id.index + 1));
-            *mem = keep;
+            let mut meta = lock(&self.shared.meta);
+            meta.last_purged = Some(log_id);
+            if meta.last_log.is_none_or(|l| l.index < log_id.index) {
+                meta.last_log = Some(log_id);
+            }
         }
-        lock(&self.shared.meta).last_purged = Some(log_id);
         self.send(Op::Purge(log_id.index, encode(&Some(log_id))?))
     }
 }
@@ -403,6 +538,39 @@ mod tests {
             vec![4, 5, 6, 7, 8]
         );
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 7)));
+    }
+
+    #[tokio::test]
+    async fn old_entries_leave_memory_and_are_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store =
+            LogStore::open_with_memory(Some(&dir.path().join("raft.redb")), 2_000).unwrap();
+        store.blocking_append((1..=50).map(entry)).await.unwrap();
+        store.save_committed(Some(entry(50).log_id)).await.unwrap();
+        // The next append finds the tail over its limit and drops committed, durable entries.
+        store.blocking_append((51..=60).map(entry)).await.unwrap();
+        let in_memory = read(&store.shared.tail).entries.len();
+        assert!(in_memory < 60, "nothing left memory ({in_memory} entries)");
+        assert!(
+            read(&store.shared.tail).entries.contains_key(&60),
+            "the newest stays"
+        );
+        let all = store.try_get_log_entries(1..=60).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            (1..=60).collect::<Vec<_>>()
+        );
+        let some = store.try_get_log_entries(5..8).await.unwrap();
+        assert_eq!(
+            some.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
+        // Uncommitted entries are never dropped, however full memory is.
+        store.blocking_append((61..=100).map(entry)).await.unwrap();
+        assert!(read(&store.shared.tail).entries.contains_key(&51));
+        store.truncate(entry(70).log_id).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(69));
     }
 
     #[test]
