@@ -40,15 +40,36 @@ async fn create_info_list_node_renew_destroy() {
     let id2 = create(
         &c,
         &s,
-        json!({"name": "second", "behavior": "delete", "node": "elsewhere"}),
+        json!({"name": "second", "behavior": "delete", "node": "dev"}),
     )
     .await;
     let list = berth_tests::get_json(&s.url("/v1/session/list")).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
     let on_dev = berth_tests::get_json(&s.url("/v1/session/node/dev")).await;
-    assert_eq!(on_dev.as_array().unwrap().len(), 1);
-    let other = berth_tests::get_json(&s.url("/v1/session/node/elsewhere")).await;
-    assert_eq!(other[0]["Behavior"], "delete");
+    assert_eq!(on_dev.as_array().unwrap().len(), 2);
+    assert!(
+        on_dev
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["Behavior"] == "delete")
+    );
+    let elsewhere = berth_tests::get_json(&s.url("/v1/session/node/elsewhere")).await;
+    assert!(elsewhere.as_array().unwrap().is_empty());
+    // A session for a node that is not registered is refused, as in Consul.
+    let r = send(
+        c.put(s.url("/v1/session/create"))
+            .json(&json!({"Node": "elsewhere"})),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "Missing node registration");
+    // Another datacenter cannot be reached.
+    let r = send(c.get(s.url("/v1/session/list?dc=dc2"))).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (500, "No path to datacenter")
+    );
 
     let r = send(c.put(s.url(&format!("/v1/session/renew/{id}")))).await;
     assert_eq!(r.status, 200);

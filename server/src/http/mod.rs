@@ -301,6 +301,14 @@ async fn route_to_leader(State(node): State<Arc<Node>>, req: Request, next: Next
     if q.has("stale") && q.has("consistent") {
         return conflicting_modes().into_response();
     }
+    // One datacenter per cluster for now: another one cannot be reached, as Consul says when it
+    // has no route to it.
+    if let Some(dc) = q.value("dc")
+        && dc != node.cfg.datacenter
+    {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter")
+            .into_response();
+    }
     let path = req.uri().path();
     let is_read = req.method() == Method::GET || req.method() == Method::HEAD;
     let local = !path.starts_with("/v1/")

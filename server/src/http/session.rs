@@ -159,6 +159,20 @@ fn parse_create(body: &[u8], default_node: &str) -> Result<Session, ApiError> {
 
 pub async fn create(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
     let mut s = parse_create(&body, &node.cfg.node_name)?;
+    // A session belongs to a registered node. Until the catalog exists, the servers are the
+    // nodes there are.
+    let known = node
+        .metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .any(|(_, n)| n.name == s.node);
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Missing node registration",
+        ));
+    }
     s.id = uuid::Uuid::new_v4().to_string();
     let ttl = s.ttl.clone();
     let (_, res) = write(&node, Command::Session(SessionOp::Create(s))).await?;

@@ -196,7 +196,16 @@ pub async fn agent_self(State(node): State<Arc<Node>>) -> Response {
             "Revision": "berth",
         },
         "Member": member_of(&node, &node.info, MEMBER_ALIVE),
-        "Stats": { "raft": raft },
+        "Stats": {
+            "raft": raft,
+            "consul": {
+                "server": "true",
+                "leader": node.is_leader().to_string(),
+                "leader_addr": node.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default(),
+                "bootstrap": (node.cfg.bootstrap_expect == 1).to_string(),
+                "known_datacenters": "1",
+            },
+        },
         "Meta": {},
     }))
 }
