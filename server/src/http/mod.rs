@@ -4,6 +4,8 @@
 //! reads) to it over the RPC port, where it runs through this same router; `/v1/agent/*`,
 //! `/v1/status/*` and `?stale` reads are answered locally.
 
+mod catalog;
+mod health;
 mod kv;
 mod session;
 mod status;
@@ -59,6 +61,23 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/connect/{name}", get(catalog::connect))
+        .route("/v1/catalog/node/{name}", get(catalog::node))
+        .route(
+            "/v1/catalog/node-services/{name}",
+            get(catalog::node_services),
+        )
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/connect/{name}", get(health::connect))
+        .route("/v1/health/checks/{name}", get(health::checks))
+        .route("/v1/health/node/{name}", get(health::node))
+        .route("/v1/health/state/{state}", get(health::state))
         .route("/v1/session/create", put(session::create))
         .route("/v1/session/destroy/{id}", put(session::destroy))
         .route("/v1/session/info/{id}", get(session::info))

@@ -183,6 +183,7 @@ fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<State, String> {
         serde_json::from_slice(data).map_err(|e| format!("corrupt tables: {e}"))?;
     state.last_applied = meta.last_log_id;
     state.membership = meta.last_membership.clone();
+    state.rebuild_catalog_index();
     Ok(state)
 }
 

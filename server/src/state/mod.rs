@@ -4,6 +4,7 @@
 //! Every row carries CreateIndex/ModifyIndex = the Raft log index of the command that wrote it.
 //! `apply` is deterministic: the same commands give the same tables on every server.
 
+mod catalog;
 mod kv;
 mod session;
 pub mod watch;
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+pub use catalog::{CatalogOp, NodeRecord, Registration};
 pub use kv::{KvEntry, KvOp};
 pub use session::{Session, SessionOp};
 
@@ -25,6 +27,7 @@ pub enum Command {
     Session(SessionOp),
     /// Several commands committed as one log entry, applied in order.
     Batch(Vec<Command>),
+    Catalog(CatalogOp),
 }
 
 /// What applying a command answers the writer.
@@ -46,6 +49,9 @@ pub enum Table {
     Kvs,
     Tombstones,
     Sessions,
+    Nodes,
+    Services,
+    Checks,
 }
 
 /// The replicated tables. Serialized whole into snapshots.
@@ -58,6 +64,13 @@ pub struct State {
     /// still reports an index that moved forward.
     pub tombstones: BTreeMap<String, u64>,
     pub sessions: BTreeMap<String, Session>,
+    /// Nodes by name, with their services and checks.
+    pub catalog: BTreeMap<String, NodeRecord>,
+    /// Per service name: the index of the last change to any instance or its health.
+    pub service_index: BTreeMap<String, u64>,
+    /// Derived: (node, service ID) of every instance of a service name.
+    #[serde(skip)]
+    pub by_service: BTreeMap<String, std::collections::BTreeSet<(String, String)>>,
     pub table_index: BTreeMap<Table, u64>,
     /// Not replicated: when each key's lock-delay ends, recorded locally when a session that
     /// held it is invalidated (as Consul does), and consulted by the leader before an acquire.
@@ -71,6 +84,8 @@ pub struct Changes {
     pub keys: Vec<String>,
     pub trees: Vec<String>,
     pub tables: Vec<Table>,
+    pub services: Vec<String>,
+    pub nodes: Vec<String>,
 }
 
 impl State {
@@ -92,6 +107,7 @@ impl State {
         match cmd {
             Command::Kv(op) => self.apply_kv(index, op, changes),
             Command::Session(op) => self.apply_session(index, op, changes),
+            Command::Catalog(op) => self.apply_catalog(index, op, changes),
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.iter().map(|c| self.apply(index, c, changes)).collect())
             }

@@ -13,6 +13,10 @@ pub enum WatchTarget {
     Key(String),
     Prefix(String),
     Table(Table),
+    /// Any instance of a service, or its health.
+    Service(String),
+    /// A node, its services or its checks.
+    Node(String),
 }
 
 #[derive(Default)]
@@ -20,6 +24,8 @@ struct Inner {
     keys: BTreeMap<String, watch::Sender<()>>,
     prefixes: BTreeMap<String, watch::Sender<()>>,
     tables: HashMap<Table, watch::Sender<()>>,
+    services: BTreeMap<String, watch::Sender<()>>,
+    nodes: BTreeMap<String, watch::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -47,13 +53,19 @@ impl Watches {
     /// Subscribe before reading the state, so a change between the read and the wait is not lost.
     pub fn subscribe(&self, target: &WatchTarget) -> watch::Receiver<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.keys.len() + inner.prefixes.len() > GC_AT {
+        if inner.keys.len() + inner.prefixes.len() + inner.services.len() + inner.nodes.len()
+            > GC_AT
+        {
             inner.keys.retain(|_, tx| tx.receiver_count() > 0);
             inner.prefixes.retain(|_, tx| tx.receiver_count() > 0);
+            inner.services.retain(|_, tx| tx.receiver_count() > 0);
+            inner.nodes.retain(|_, tx| tx.receiver_count() > 0);
         }
         match target {
             WatchTarget::Key(k) => subscribe_in(&mut inner.keys, k),
             WatchTarget::Prefix(p) => subscribe_in(&mut inner.prefixes, p),
+            WatchTarget::Service(name) => subscribe_in(&mut inner.services, name),
+            WatchTarget::Node(name) => subscribe_in(&mut inner.nodes, name),
             WatchTarget::Table(t) => inner
                 .tables
                 .entry(*t)
@@ -66,6 +78,16 @@ impl Watches {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for t in &changes.tables {
             if let Some(tx) = inner.tables.get(t) {
+                tx.send_replace(());
+            }
+        }
+        for s in &changes.services {
+            if let Some(tx) = inner.services.get(s) {
+                tx.send_replace(());
+            }
+        }
+        for n in &changes.nodes {
+            if let Some(tx) = inner.nodes.get(n) {
                 tx.send_replace(());
             }
         }
@@ -110,6 +132,8 @@ impl Watches {
             .values()
             .chain(inner.prefixes.values())
             .chain(inner.tables.values())
+            .chain(inner.services.values())
+            .chain(inner.nodes.values())
             .for_each(|tx| {
                 tx.send_replace(());
             });

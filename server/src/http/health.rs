@@ -1,0 +1,179 @@
+//! `/v1/health`: service instances with their checks, and checks by service, node or state.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+
+use berth_api::catalog::{CRITICAL, HealthCheck, PASSING, ServiceEntry, WARNING};
+
+use super::{ApiError, Query, ReadOpts, json, read, with_meta};
+use crate::node::Node as Server;
+use crate::state::watch::WatchTarget;
+use crate::state::{State as Tables, Table};
+
+fn entries(s: &Tables, name: &str, q: &Query, connect: bool) -> Vec<ServiceEntry> {
+    let tag = q.value("tag");
+    let passing_only = q.has("passing");
+    let instances = if connect {
+        connect_instances(s, name)
+    } else {
+        s.service_instances(name)
+    };
+    instances
+        .into_iter()
+        .filter(|(_, svc)| tag.is_none_or(|t| svc.tags.iter().any(|x| x == t)))
+        .map(|(n, svc)| ServiceEntry {
+            node: n.clone(),
+            service: svc.clone(),
+            checks: s
+                .instance_checks(&n.node, &svc.id)
+                .into_iter()
+                .cloned()
+                .collect(),
+        })
+        .filter(|e| !passing_only || e.checks.iter().all(|c| c.status == PASSING))
+        .collect()
+}
+
+/// Instances that carry mesh traffic for `name`: its sidecar proxies, or itself when native.
+pub fn connect_instances<'a>(
+    s: &'a Tables,
+    name: &str,
+) -> Vec<(
+    &'a berth_api::catalog::Node,
+    &'a berth_api::catalog::AgentService,
+)> {
+    s.catalog
+        .values()
+        .flat_map(|r| r.services.values().map(move |svc| (&r.node, svc)))
+        .filter(|(_, svc)| {
+            let proxies = svc.kind == "connect-proxy"
+                && svc
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| p.get("DestinationServiceName"))
+                    .and_then(|d| d.as_str())
+                    == Some(name);
+            let native = svc.service == name
+                && svc
+                    .connect
+                    .as_ref()
+                    .and_then(|c| c.get("Native"))
+                    .and_then(|n| n.as_bool())
+                    == Some(true);
+            proxies || native
+        })
+        .collect()
+}
+
+async fn service_entries(
+    node: Arc<Server>,
+    name: String,
+    raw: Option<String>,
+    connect: bool,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref());
+    let opts = ReadOpts::parse(&q)?;
+    // Mesh reads follow every service, since a proxy registers under its own name.
+    let target = if connect {
+        WatchTarget::Table(Table::Services)
+    } else {
+        WatchTarget::Service(name.clone())
+    };
+    let (idx, list) = read(&node, &opts, target, |s| {
+        let idx = if connect {
+            s.max_index(&[Table::Services, Table::Checks, Table::Nodes])
+        } else {
+            s.service_read_index(&name)
+        };
+        (idx, entries(s, &name, &q, connect))
+    })
+    .await?;
+    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+}
+
+pub async fn service(
+    State(node): State<Arc<Server>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    service_entries(node, name, raw, false).await
+}
+
+pub async fn connect(
+    State(node): State<Arc<Server>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    service_entries(node, name, raw, true).await
+}
+
+pub async fn checks(
+    State(node): State<Arc<Server>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
+    let (idx, list) = read(&node, &opts, WatchTarget::Service(name.clone()), |s| {
+        let list: Vec<HealthCheck> = s
+            .service_instances(&name)
+            .into_iter()
+            .flat_map(|(n, svc)| {
+                s.catalog
+                    .get(&n.node)
+                    .into_iter()
+                    .flat_map(|r| r.checks.values())
+                    .filter(|c| c.service_id == svc.id)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (s.service_read_index(&name), list)
+    })
+    .await?;
+    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+}
+
+pub async fn node(
+    State(node): State<Arc<Server>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
+    let (idx, list) = read(&node, &opts, WatchTarget::Node(name.clone()), |s| {
+        let list: Vec<HealthCheck> = s
+            .catalog
+            .get(&name)
+            .map(|r| r.checks.values().cloned().collect())
+            .unwrap_or_default();
+        (s.max_index(&[Table::Nodes, Table::Checks]), list)
+    })
+    .await?;
+    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+}
+
+pub async fn state(
+    State(node): State<Arc<Server>>,
+    Path(wanted): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    if !["any", PASSING, WARNING, CRITICAL].contains(&wanted.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid state '{wanted}': must be any, passing, warning or critical"
+        )));
+    }
+    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
+    let (idx, list) = read(&node, &opts, WatchTarget::Table(Table::Checks), |s| {
+        let list: Vec<HealthCheck> = s
+            .catalog
+            .values()
+            .flat_map(|r| r.checks.values())
+            .filter(|c| wanted == "any" || c.status == wanted)
+            .cloned()
+            .collect();
+        (s.max_index(&[Table::Checks]), list)
+    })
+    .await?;
+    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+}
