@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::node::Node;
 use crate::raft::types::raft_id;
 use crate::rpc::{self, Hello, HelloReply};
-use crate::state::{Command, SessionOp};
+use crate::state::{CatalogOp, Command, Registration, SessionOp};
 
 /// Servers outside the Raft configuration that have been silent this long are forgotten
 /// (removed with `DELETE /v1/operator/raft/peer`, or never joined).
@@ -188,5 +188,135 @@ pub fn reset_session_timer(node: &Node, id: &str, ttl: &str) {
                 id.to_string(),
                 Instant::now() + ttl * SESSION_TTL_MULTIPLIER,
             );
+    }
+}
+
+/// Name under which the servers register themselves: clients and tools look them up by it.
+pub const SERVER_SERVICE: &str = "consul";
+pub const SERF_CHECK: &str = "serfHealth";
+/// A server not heard from for this long has its `serfHealth` turned critical.
+const SERVER_FAILED_AFTER: Duration = Duration::from_secs(10);
+
+/// What the catalog should say about one server: its node, the `consul` service on its RPC
+/// port and its liveness check.
+fn server_registration(
+    info: &crate::raft::types::NodeInfo,
+    datacenter: &str,
+    alive: bool,
+) -> Option<Registration> {
+    use berth_api::catalog::{AgentService, CRITICAL, HealthCheck, Node, PASSING};
+    let addr: std::net::SocketAddr = info.rpc_addr.parse().ok()?;
+    let status = if alive { PASSING } else { CRITICAL };
+    Some(Registration {
+        node: Node {
+            id: info.uuid.clone(),
+            node: info.name.clone(),
+            address: addr.ip().to_string(),
+            datacenter: datacenter.to_string(),
+            ..Default::default()
+        },
+        skip_node_update: false,
+        service: Some(AgentService {
+            id: SERVER_SERVICE.to_string(),
+            service: SERVER_SERVICE.to_string(),
+            port: addr.port(),
+            ..Default::default()
+        }),
+        checks: vec![HealthCheck {
+            node: info.name.clone(),
+            check_id: SERF_CHECK.to_string(),
+            name: "Serf Health Status".to_string(),
+            status: status.to_string(),
+            output: if alive {
+                "Agent alive and reachable"
+            } else {
+                "Agent not live or unreachable"
+            }
+            .to_string(),
+            definition: serde_json::Value::Object(Default::default()),
+            ..Default::default()
+        }],
+    })
+}
+
+/// On the leader, keeps every server registered in the catalog as Consul's leader does: node,
+/// `consul` service and `serfHealth` (passing while the server answers, critical when it
+/// stops). Writes only what differs, so an idle cluster commits nothing.
+pub async fn server_catalog_loop(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !node.is_leader() {
+            continue;
+        }
+        let m = node.metrics();
+        let members: Vec<(u64, crate::raft::types::NodeInfo)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let seen: std::collections::HashMap<u64, Option<Instant>> = node
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, p)| (*id, p.last_seen))
+            .collect();
+        let mut wanted = Vec::new();
+        for (id, info) in &members {
+            let alive = *id == node.id
+                || seen
+                    .get(id)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|t| t.elapsed() < SERVER_FAILED_AFTER);
+            let Some(reg) = server_registration(info, &node.cfg.datacenter, alive) else {
+                continue;
+            };
+            let current = {
+                let st = node.store.read();
+                st.catalog.get(&info.name).map(|r| {
+                    let same_node = r.node.id == reg.node.id && r.node.address == reg.node.address;
+                    let svc = r.services.get(SERVER_SERVICE).map(|s| s.port);
+                    let check = r.checks.get(SERF_CHECK).map(|c| c.status.clone());
+                    (same_node, svc, check)
+                })
+            };
+            let want_port = reg.service.as_ref().map(|s| s.port);
+            let want_status = reg.checks.first().map(|c| c.status.clone());
+            let up_to_date =
+                current.is_some_and(|(n, p, c)| n && p == want_port && c == want_status);
+            if !up_to_date {
+                wanted.push(Command::Catalog(CatalogOp::Register(Box::new(reg))));
+            }
+        }
+        // Servers removed from Raft lose their `consul` registration.
+        let names: std::collections::HashSet<&str> =
+            members.iter().map(|(_, n)| n.name.as_str()).collect();
+        let stale: Vec<String> = node
+            .store
+            .read()
+            .service_instances(SERVER_SERVICE)
+            .into_iter()
+            .filter(|(n, _)| !names.contains(n.node.as_str()))
+            .map(|(n, _)| n.node.clone())
+            .collect();
+        for name in stale {
+            wanted.push(Command::Catalog(CatalogOp::Deregister {
+                node: name.clone(),
+                service_id: Some(SERVER_SERVICE.to_string()),
+                check_id: None,
+            }));
+            wanted.push(Command::Catalog(CatalogOp::Deregister {
+                node: name,
+                service_id: None,
+                check_id: Some(SERF_CHECK.to_string()),
+            }));
+        }
+        for cmd in wanted {
+            if let Err(e) = node.write(cmd).await {
+                tracing::debug!(error = %e, "server catalog registration deferred");
+            }
+        }
     }
 }

@@ -213,6 +213,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     }
     tokio::spawn(cluster::discovery_loop(node.clone()));
     tokio::spawn(cluster::session_ttl_loop(node.clone()));
+    tokio::spawn(cluster::server_catalog_loop(node.clone()));
     tracing::info!(
         node = %cfg.node_name,
         id = %uuid,

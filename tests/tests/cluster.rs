@@ -179,3 +179,53 @@ async fn transfer_leader_moves_leadership_to_the_named_server() {
         .await;
     assert_eq!(r.status, 400);
 }
+
+#[tokio::test]
+async fn servers_register_as_the_consul_service_and_report_liveness() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c
+        .wait_agreed_leader(&[0, 1, 2], Duration::from_secs(10))
+        .await;
+    let url = c.servers[leader].url("/v1/health/service/consul?passing");
+    eventually(
+        Duration::from_secs(15),
+        "three passing consul instances",
+        || async {
+            let v = get_json(&url).await;
+            (v.as_array().map(|a| a.len()) == Some(3)).then_some(())
+        },
+    )
+    .await;
+    let rows = get_json(&c.servers[leader].url("/v1/catalog/service/consul")).await;
+    let ports: Vec<u64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ServicePort"].as_u64().unwrap())
+        .collect();
+    for s in &c.servers {
+        assert!(
+            ports.contains(&u64::from(s.rpc_port)),
+            "{ports:?} lacks {}",
+            s.rpc_port
+        );
+    }
+    // A dead server's serfHealth turns critical and it drops out of ?passing.
+    let victim = (leader + 1) % 3;
+    let name = c.servers[victim].name.clone();
+    c.servers[victim].kill9();
+    eventually(
+        Duration::from_secs(30),
+        "the dead server to turn critical",
+        || async {
+            let v = get_json(&url).await;
+            let names: Vec<&str> = v
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["Node"]["Node"].as_str())
+                .collect();
+            (names.len() == 2 && !names.contains(&name.as_str())).then_some(())
+        },
+    )
+    .await;
+}

@@ -186,7 +186,7 @@ pub async fn deregister(
 }
 
 pub async fn datacenters(State(node): State<Arc<Server>>) -> Response {
-    json(&[node.cfg.datacenter.clone()])
+    json(std::slice::from_ref(&node.cfg.datacenter))
 }
 
 /// `?node-meta=key:value` (repeatable in Consul; the last one counts here).

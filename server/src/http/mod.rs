@@ -307,7 +307,7 @@ pub fn with_meta(node: &Node, mode: Mode, index: u64, resp: impl IntoResponse) -
     resp
 }
 
-pub fn json<T: serde::Serialize>(v: &T) -> Response {
+pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => ([("content-type", "application/json")], body).into_response(),
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

@@ -159,14 +159,15 @@ fn parse_create(body: &[u8], default_node: &str) -> Result<Session, ApiError> {
 
 pub async fn create(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
     let mut s = parse_create(&body, &node.cfg.node_name)?;
-    // A session belongs to a registered node. Until the catalog exists, the servers are the
-    // nodes there are.
-    let known = node
-        .metrics()
-        .membership_config
-        .membership()
-        .nodes()
-        .any(|(_, n)| n.name == s.node);
+    // A session belongs to a node of the catalog. The servers count from the moment they run,
+    // before the leader has written their own registration.
+    let known = node.store.read().catalog.contains_key(&s.node)
+        || node
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.name == s.node);
     if !known {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -190,13 +190,13 @@ impl State {
                 let mut svc = svc.clone();
                 svc.create_index = old.as_ref().map_or(index, |o| o.create_index);
                 svc.modify_index = index;
-                if let Some(o) = &old {
-                    if o.service != svc.service {
-                        if let Some(set) = self.by_service.get_mut(&o.service) {
-                            set.remove(&(name.clone(), o.id.clone()));
-                        }
-                        self.touch_service(&o.service.clone(), index, changes);
+                if let Some(o) = &old
+                    && o.service != svc.service
+                {
+                    if let Some(set) = self.by_service.get_mut(&o.service) {
+                        set.remove(&(name.clone(), o.id.clone()));
                     }
+                    self.touch_service(&o.service.clone(), index, changes);
                 }
                 self.by_service
                     .entry(svc.service.clone())
