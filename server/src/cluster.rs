@@ -243,8 +243,10 @@ fn server_registration(
 /// `consul` service and `serfHealth` (passing while the server answers, critical when it
 /// stops). Writes only what differs, so an idle cluster commits nothing.
 pub async fn server_catalog_loop(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Right after a change of leader or membership, otherwise twice a second for liveness.
+        let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
         if !node.is_leader() {
             continue;
         }

@@ -32,7 +32,10 @@ def _start_berth():
     while time.time() < deadline:
         try:
             r = requests.get(f"http://127.0.0.1:{http}/v1/status/leader", timeout=1)
-            if r.status_code == 200 and r.json():
+            # Ready once a leader exists and has registered this server in the catalog, as
+            # py-consul's own fixture waits for Consul to answer catalog reads.
+            nodes = requests.get(f"http://127.0.0.1:{http}/v1/catalog/nodes", timeout=1)
+            if r.status_code == 200 and r.json() and nodes.status_code == 200 and nodes.json():
                 version = requests.get(f"http://127.0.0.1:{http}/v1/agent/self", timeout=2).json()["Config"]["Version"]
                 return proc, http, version
         except requests.RequestException:

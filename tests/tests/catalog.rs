@@ -9,6 +9,19 @@ async fn dev() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::dev(dir.path());
     s.wait_ready(Duration::from_secs(10)).await;
+    // The leader registers itself as the `consul` service; wait so that node lists are stable.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(&s.url("/v1/catalog/service/consul"))
+        .await
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server never registered itself"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (dir, s)
 }
 
@@ -64,9 +77,9 @@ async fn register_read_and_deregister() {
         .iter()
         .map(|n| n["Node"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["n1", "n2"]);
-    assert_eq!(nodes[0]["Meta"]["rack"], "r1");
-    assert_eq!(nodes[0]["Datacenter"], "dc1");
+    assert_eq!(names, ["dev", "n1", "n2"], "the server itself is a node");
+    assert_eq!(nodes[1]["Meta"]["rack"], "r1");
+    assert_eq!(nodes[1]["Datacenter"], "dc1");
     let rack = get_json(&s.url("/v1/catalog/nodes?node-meta=rack:r1")).await;
     assert_eq!(rack.as_array().unwrap().len(), 1);
 

@@ -176,6 +176,12 @@ pub async fn deregister(
     if req.node.is_empty() {
         return Err(ApiError::bad_request("Must provide node"));
     }
+    if !req.datacenter.is_empty() && req.datacenter != node.cfg.datacenter {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No path to datacenter",
+        ));
+    }
     let op = CatalogOp::Deregister {
         node: req.node,
         service_id: (!req.service_id.is_empty()).then_some(req.service_id),
