@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod duration;
+pub mod filter;
 pub mod types;
 
 pub use duration::{format_duration, parse_duration};

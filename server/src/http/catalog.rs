@@ -1,5 +1,6 @@
 //! `/v1/catalog`: register and deregister, and the catalog's read endpoints.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -7,6 +8,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+
+use berth_api::filter::retain;
 
 use berth_api::catalog::{
     AgentService, CRITICAL, CatalogService, CheckDefinition, DeregisterRequest, HealthCheck,
@@ -209,7 +212,8 @@ pub async fn nodes(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref());
     let opts = ReadOpts::parse(&q)?;
-    let (idx, list) = read(&node, &opts, WatchTarget::Table(Table::Nodes), |s| {
+    let filter = q.filter()?;
+    let (idx, mut list) = read(&node, &opts, WatchTarget::Table(Table::Nodes), |s| {
         let list: Vec<Node> = s
             .catalog
             .values()
@@ -219,6 +223,7 @@ pub async fn nodes(
         (s.max_index(&[Table::Nodes]), list)
     })
     .await?;
+    retain(filter.as_ref(), &mut list);
     Ok(with_meta(&node, opts.mode, idx, json(&list)))
 }
 
@@ -226,9 +231,29 @@ pub async fn services(
     State(node): State<Arc<Server>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
+    let q = Query::parse(raw.as_deref());
+    let opts = ReadOpts::parse(&q)?;
+    let filter = q.filter()?;
     let (idx, map) = read(&node, &opts, WatchTarget::Table(Table::Services), |s| {
-        (s.max_index(&[Table::Services]), s.service_tags())
+        let map = match &filter {
+            None => s.service_tags(),
+            // A filter applies to each instance (as a catalog/service row); the names and
+            // tags of the instances that match are what is listed.
+            Some(f) => {
+                let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for rec in s.catalog.values() {
+                    for svc in rec.services.values() {
+                        if f.matches_row(&catalog_row(&rec.node, svc)) {
+                            out.entry(svc.service.clone())
+                                .or_default()
+                                .extend(svc.tags.iter().cloned());
+                        }
+                    }
+                }
+                out
+            }
+        };
+        (s.max_index(&[Table::Services]), map)
     })
     .await?;
     Ok(with_meta(&node, opts.mode, idx, json(&map)))
@@ -267,7 +292,8 @@ pub async fn service(
     let q = Query::parse(raw.as_deref());
     let opts = ReadOpts::parse(&q)?;
     let tag = q.value("tag").map(str::to_string);
-    let (idx, rows) = read(&node, &opts, WatchTarget::Service(name.clone()), |s| {
+    let filter = q.filter()?;
+    let (idx, mut rows) = read(&node, &opts, WatchTarget::Service(name.clone()), |s| {
         let rows: Vec<CatalogService> = s
             .service_instances(&name)
             .into_iter()
@@ -279,6 +305,7 @@ pub async fn service(
         (s.service_read_index(&name), rows)
     })
     .await?;
+    retain(filter.as_ref(), &mut rows);
     Ok(with_meta(&node, opts.mode, idx, json(&rows)))
 }
 
@@ -288,8 +315,10 @@ pub async fn connect(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
-    let (idx, rows) = read(&node, &opts, WatchTarget::Table(Table::Services), |s| {
+    let q = Query::parse(raw.as_deref());
+    let opts = ReadOpts::parse(&q)?;
+    let filter = q.filter()?;
+    let (idx, mut rows) = read(&node, &opts, WatchTarget::Table(Table::Services), |s| {
         let rows: Vec<CatalogService> = super::health::connect_instances(s, &name)
             .into_iter()
             .map(|(n, svc)| catalog_row(n, svc))
@@ -297,6 +326,7 @@ pub async fn connect(
         (s.max_index(&[Table::Services, Table::Nodes]), rows)
     })
     .await?;
+    retain(filter.as_ref(), &mut rows);
     Ok(with_meta(&node, opts.mode, idx, json(&rows)))
 }
 
@@ -306,13 +336,21 @@ async fn node_view(
     raw: Option<String>,
     as_map: bool,
 ) -> Result<Response, ApiError> {
-    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
+    let q = Query::parse(raw.as_deref());
+    let opts = ReadOpts::parse(&q)?;
+    let filter = q.filter()?;
     let (idx, found) = read(&node, &opts, WatchTarget::Node(name.clone()), |s| {
         let found = s.catalog.get(&name).map(|r| {
+            // The filter applies to each service of the node, not to the node itself.
+            let kept = r
+                .services
+                .iter()
+                .filter(|(_, svc)| filter.as_ref().is_none_or(|f| f.matches_row(svc)));
             let services: Value = if as_map {
-                serde_json::to_value(&r.services).unwrap_or(Value::Null)
+                serde_json::to_value(kept.collect::<BTreeMap<_, _>>()).unwrap_or(Value::Null)
             } else {
-                serde_json::to_value(r.services.values().collect::<Vec<_>>()).unwrap_or(Value::Null)
+                serde_json::to_value(kept.map(|(_, v)| v).collect::<Vec<_>>())
+                    .unwrap_or(Value::Null)
             };
             serde_json::json!({ "Node": r.node, "Services": services })
         });

@@ -6,6 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
 use berth_api::catalog::{CRITICAL, HealthCheck, PASSING, ServiceEntry, WARNING};
+use berth_api::filter::retain;
 
 use super::{ApiError, Query, ReadOpts, json, read, with_meta};
 use crate::node::Node as Server;
@@ -75,13 +76,14 @@ async fn service_entries(
 ) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref());
     let opts = ReadOpts::parse(&q)?;
+    let filter = q.filter()?;
     // Mesh reads follow every service, since a proxy registers under its own name.
     let target = if connect {
         WatchTarget::Table(Table::Services)
     } else {
         WatchTarget::Service(name.clone())
     };
-    let (idx, list) = read(&node, &opts, target, |s| {
+    let (idx, mut list) = read(&node, &opts, target, |s| {
         let idx = if connect {
             s.max_index(&[Table::Services, Table::Checks, Table::Nodes])
         } else {
@@ -90,6 +92,7 @@ async fn service_entries(
         (idx, entries(s, &name, &q, connect))
     })
     .await?;
+    retain(filter.as_ref(), &mut list);
     Ok(with_meta(&node, opts.mode, idx, json(&list)))
 }
 
@@ -114,8 +117,10 @@ pub async fn checks(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
-    let (idx, list) = read(&node, &opts, WatchTarget::Service(name.clone()), |s| {
+    let q = Query::parse(raw.as_deref());
+    let opts = ReadOpts::parse(&q)?;
+    let filter = q.filter()?;
+    let (idx, mut list) = read(&node, &opts, WatchTarget::Service(name.clone()), |s| {
         let list: Vec<HealthCheck> = s
             .service_instances(&name)
             .into_iter()
@@ -132,6 +137,7 @@ pub async fn checks(
         (s.service_read_index(&name), list)
     })
     .await?;
+    retain(filter.as_ref(), &mut list);
     Ok(with_meta(&node, opts.mode, idx, json(&list)))
 }
 
@@ -140,8 +146,10 @@ pub async fn node(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
-    let (idx, list) = read(&node, &opts, WatchTarget::Node(name.clone()), |s| {
+    let q = Query::parse(raw.as_deref());
+    let opts = ReadOpts::parse(&q)?;
+    let filter = q.filter()?;
+    let (idx, mut list) = read(&node, &opts, WatchTarget::Node(name.clone()), |s| {
         let list: Vec<HealthCheck> = s
             .catalog
             .get(&name)
@@ -150,6 +158,7 @@ pub async fn node(
         (s.max_index(&[Table::Nodes, Table::Checks]), list)
     })
     .await?;
+    retain(filter.as_ref(), &mut list);
     Ok(with_meta(&node, opts.mode, idx, json(&list)))
 }
 
@@ -163,8 +172,10 @@ pub async fn state(
             "Invalid state '{wanted}': must be any, passing, warning or critical"
         )));
     }
-    let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
-    let (idx, list) = read(&node, &opts, WatchTarget::Table(Table::Checks), |s| {
+    let q = Query::parse(raw.as_deref());
+    let opts = ReadOpts::parse(&q)?;
+    let filter = q.filter()?;
+    let (idx, mut list) = read(&node, &opts, WatchTarget::Table(Table::Checks), |s| {
         let list: Vec<HealthCheck> = s
             .catalog
             .values()
@@ -175,5 +186,6 @@ pub async fn state(
         (s.max_index(&[Table::Checks]), list)
     })
     .await?;
+    retain(filter.as_ref(), &mut list);
     Ok(with_meta(&node, opts.mode, idx, json(&list)))
 }

@@ -162,6 +162,12 @@ impl Query {
         self.get(k).filter(|v| !v.is_empty())
     }
 
+    /// The `?filter=` expression, parsed; a bad one is a 400 naming the problem.
+    pub fn filter(&self) -> Result<Option<berth_api::filter::Filter>, ApiError> {
+        berth_api::filter::Filter::from_query(self.get("filter"))
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+
     pub fn num(&self, k: &str, what: &str) -> Result<Option<u64>, ApiError> {
         self.value(k)
             .map(|v| {
