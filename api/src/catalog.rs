@@ -21,8 +21,7 @@ const OPAQUE: &[&str] = &[
     "ServiceMeta",
     "TaggedAddresses",
     "Header",
-    "Proxy",
-    "Connect",
+    "Config",
     "Definition",
 ];
 
@@ -90,7 +89,48 @@ const FIELDS: &[&str] = &[
     "Upstreams",
     "Token",
     "ReplaceExistingChecks",
+    "DestinationType",
+    "DestinationNamespace",
+    "DestinationPartition",
+    "DestinationPeer",
+    "LocalBindAddress",
+    "LocalBindPort",
+    "LocalBindSocketPath",
+    "Config",
+    "Mode",
+    "Expose",
+    "MeshGateway",
+    "TransparentProxy",
+    "Paths",
+    "Path",
+    "LocalPathPort",
+    "ListenerPort",
+    "Protocol",
+    "Args",
+    "ScriptArgs",
+    "DockerContainerID",
+    "Shell",
+    "AliasNode",
+    "AliasService",
+    "H2PING",
+    "H2PingUseTLS",
+    "UDP",
+    "OSService",
+    "DisableRedirects",
+    "OutputMaxSize",
+    "Status",
+    "SocketPath",
+    "DeregisterCriticalServiceAfter",
 ];
+
+fn same_field(canonical: &str, given: &str) -> bool {
+    // Consul's agent endpoints also take snake_case (`check_id`, `sidecar_service`).
+    let mut g = given.chars().filter(|c| *c != '_');
+    canonical
+        .chars()
+        .all(|c| g.next().is_some_and(|x| x.eq_ignore_ascii_case(&c)))
+        && g.next().is_none()
+}
 
 /// Rewrites the keys of every object to their canonical PascalCase spelling, leaving the
 /// contents of user-data fields ([`OPAQUE`]) untouched. Unknown keys are kept as they are, so
@@ -102,7 +142,7 @@ pub fn canonical_keys(v: Value) -> Value {
                 .map(|(k, v)| {
                     let key = FIELDS
                         .iter()
-                        .find(|f| f.eq_ignore_ascii_case(&k))
+                        .find(|f| same_field(f, &k))
                         .map(|f| f.to_string())
                         .unwrap_or(k);
                     let v = if OPAQUE.contains(&key.as_str()) {
@@ -145,7 +185,10 @@ impl Default for Weights {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ServiceAddress {
+    // Inside `TaggedAddresses`, whose keys are user data, so field names are matched here.
+    #[serde(alias = "address", alias = "ADDRESS")]
     pub address: String,
+    #[serde(alias = "port", alias = "PORT")]
     pub port: u16,
 }
 
@@ -333,6 +376,34 @@ pub struct ServiceEntry {
     pub node: Node,
     pub service: AgentService,
     pub checks: Vec<HealthCheck>,
+}
+
+/// One node with everything registered on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: Node,
+    pub services: BTreeMap<String, AgentService>,
+    pub checks: BTreeMap<String, HealthCheck>,
+}
+
+/// A registration, already defaulted and validated by the HTTP layer; what a catalog write
+/// (or an agent's anti-entropy) commits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub node: Node,
+    pub skip_node_update: bool,
+    pub service: Option<AgentService>,
+    pub checks: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CatalogOp {
+    Register(Box<Registration>),
+    Deregister {
+        node: String,
+        service_id: Option<String>,
+        check_id: Option<String>,
+    },
 }
 
 #[cfg(test)]

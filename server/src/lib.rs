@@ -7,6 +7,8 @@
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod local_agent;
+pub mod logs;
 pub mod node;
 pub mod raft;
 pub mod rpc;
@@ -177,7 +179,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
     let node = Arc::new(Node::new(cfg.clone(), id, info, raft, store, clients));
-    let router = http::router(node.clone());
+    let agent = local_agent::start(&node);
+    let _ = node.agent.set(agent.clone());
+    let router = http::router(node.clone(), agent);
     let _ = node.router.set(router.clone());
 
     let svc = rpc::pb::rpc_server::RpcServer::new(rpc::RpcService { node: node.clone() })

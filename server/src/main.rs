@@ -91,7 +91,7 @@ fn run_server(flags: config::Flags) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(2, e),
     };
-    init_logging(&cfg.log_level, cfg.log_json);
+    berth_server::logs::init(&cfg.log_level, cfg.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -104,42 +104,57 @@ fn run_server(flags: config::Flags) -> ExitCode {
             Ok(r) => r,
             Err(e) => return fail(1, e),
         };
-        wait_for_signal().await;
+        let _ = running.node.reload.set(Box::new(move || reload(&flags)));
+        let leave = running.node.leave.clone();
+        let node = running.node.clone();
+        tokio::select! {
+            _ = wait_for_signal(node) => {}
+            _ = leave.notified() => tracing::info!("leaving on request"),
+        }
         tracing::info!("shutting down");
         running.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Re-reads flags, files and environment; what can change at run time (the log level) takes
+/// effect, the rest waits for a restart, as with Consul.
+fn reload(flags: &config::Flags) -> Result<(), String> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let files =
+        config::load_files(&config::config_files(flags, &env)).map_err(|e| e.to_string())?;
+    let env_cfg = config::from_env(&env).map_err(|e| e.to_string())?;
+    let cfg = config::resolve(
+        flags,
+        files,
+        env_cfg,
+        &berth_server::util::hostname(),
+        berth_server::util::first_private_ipv4(),
+    )
+    .map_err(|e| e.to_string())?;
+    berth_server::logs::set_level(&cfg.log_level)?;
+    tracing::info!(log_level = %cfg.log_level, "configuration reloaded");
+    Ok(())
+}
+
+async fn wait_for_signal(node: std::sync::Arc<berth_server::node::Node>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-fn init_logging(level: &str, json: bool) {
-    // openraft narrates every vote and append at info; keep it to warnings unless debugging.
-    let level = level.to_ascii_lowercase();
-    let raft_level = if level == "debug" || level == "trace" {
-        level.as_str()
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{level},openraft={raft_level},h2=error,tower=warn,hyper=warn"
-    ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                if let Some(Err(e)) = node.reload.get().map(|f| f()) {
+                    tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                }
+            }
+        }
     }
 }

@@ -49,6 +49,12 @@ pub struct Node {
     pub last_leader_contact: Mutex<Option<Instant>>,
     /// The HTTP API, answering requests forwarded from followers.
     pub router: OnceLock<axum::Router>,
+    /// This server's own agent (services and checks registered on its node).
+    pub agent: OnceLock<Arc<berth_agent::Agent>>,
+    /// Notified by `PUT /v1/agent/leave`: the process shuts down.
+    pub leave: Arc<tokio::sync::Notify>,
+    /// Set by the binary: re-reads the configuration (`PUT /v1/agent/reload`, SIGHUP).
+    pub reload: OnceLock<ReloadFn>,
     /// One membership change at a time.
     membership_change: tokio::sync::Mutex<()>,
     /// Session TTL deadlines; only the leader keeps them.
@@ -57,6 +63,8 @@ pub struct Node {
     shutting_down: AtomicBool,
     batch_tx: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
 }
+
+pub type ReloadFn = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 type WriteResult = Result<(u64, CommandResult), WriteError>;
 type PendingWrite = (Command, tokio::sync::oneshot::Sender<WriteResult>);
@@ -181,6 +189,9 @@ impl Node {
             peers: Mutex::new(peers),
             last_leader_contact: Mutex::new(None),
             router: OnceLock::new(),
+            agent: OnceLock::new(),
+            leave: Arc::new(tokio::sync::Notify::new()),
+            reload: OnceLock::new(),
             membership_change: tokio::sync::Mutex::new(()),
             session_timers: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -395,6 +406,16 @@ impl Node {
                 rpc::json_reply(&true)
             }
             rpc::HTTP_FORWARD => self.serve_forwarded(env).await,
+            rpc::CATALOG_APPLY => {
+                let ops: Vec<berth_api::catalog::CatalogOp> = rpc::parse(&env)?;
+                let r = self.catalog_apply(ops).await.map_err(|e| e.to_string());
+                rpc::json_reply(&r)
+            }
+            rpc::CATALOG_NODE => {
+                let name: String = rpc::parse(&env)?;
+                let rec = self.store.read().catalog.get(&name).cloned();
+                rpc::json_reply(&rec)
+            }
             other => Err(Status::unimplemented(format!("unknown RPC kind {other:?}"))),
         }
     }

@@ -25,6 +25,10 @@ pub const RAFT_ELECT: &str = "raft.elect";
 pub const HTTP_FORWARD: &str = "http.forward";
 pub const CLUSTER_HELLO: &str = "cluster.hello";
 pub const CLUSTER_JOIN: &str = "cluster.join";
+/// An agent's anti-entropy: commit catalog operations on the leader.
+pub const CATALOG_APPLY: &str = "catalog.apply";
+/// An agent's anti-entropy: one node's catalog entry, as the leader sees it.
+pub const CATALOG_NODE: &str = "catalog.node";
 
 /// Snapshots travel in one message; 1 GiB is far above what a Berth state reaches.
 pub const MAX_MESSAGE: usize = 1 << 30;

@@ -7,7 +7,15 @@ use std::process::Command;
 use berth_tests::bin;
 
 /// py-consul test files that Berth must pass today.
-const FILES: &[&str] = &["test_status.py", "test_kv.py", "test_session.py"];
+/// Single tests that cannot pass are deselected, with reasons, in tests/py-consul/conftest.py.
+const FILES: &[&str] = &[
+    "test_status.py",
+    "test_kv.py",
+    "test_session.py",
+    "test_catalog.py",
+    "test_health.py",
+    "test_agent.py",
+];
 
 fn copy(from: &Path, to: &Path) {
     std::fs::copy(from, to)
@@ -66,5 +74,5 @@ fn py_consul_suite_passes_against_berth() {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(passed >= 14, "only {passed} py-consul tests ran: {summary}");
+    assert!(passed >= 51, "only {passed} py-consul tests ran: {summary}");
 }

@@ -13,23 +13,13 @@ use berth_api::filter::retain;
 
 use berth_api::catalog::{
     AgentService, CRITICAL, CatalogService, CheckDefinition, DeregisterRequest, HealthCheck,
-    MAINTENANCE, Node, PASSING, RegisterRequest, WARNING, canonical_keys,
+    MAINTENANCE, Node, PASSING, RegisterRequest, WARNING,
 };
 
-use super::{ApiError, Query, ReadOpts, json, read, with_meta, write};
+use super::{ApiError, Query, ReadOpts, decode_body, json, read, with_meta, write};
 use crate::node::Node as Server;
 use crate::state::watch::WatchTarget;
 use crate::state::{CatalogOp, Command, Registration, Table};
-
-/// Decodes a request body whose field names may come in any case.
-pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
-    serde_path_to_error::deserialize(canonical_keys(v)).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::bad_request(format!("Request decode failed: {path}: {}", e.into_inner()))
-    })
-}
 
 pub fn check_from(def: CheckDefinition, node: &str) -> Result<HealthCheck, ApiError> {
     if !def.node.is_empty() && def.node != node {
@@ -297,6 +287,8 @@ pub async fn service(
         let rows: Vec<CatalogService> = s
             .service_instances(&name)
             .into_iter()
+            // Berth has no cluster peering: no instance was imported from any peer.
+            .filter(|_| q.value("peer").is_none())
             .filter(|(n, svc)| {
                 node_meta_matches(&q, n) && tag.as_ref().is_none_or(|t| svc.tags.contains(t))
             })

@@ -14,6 +14,10 @@ use crate::state::watch::WatchTarget;
 use crate::state::{State as Tables, Table};
 
 fn entries(s: &Tables, name: &str, q: &Query, connect: bool) -> Vec<ServiceEntry> {
+    // Berth has no cluster peering: no instance was imported from any peer.
+    if q.value("peer").is_some() {
+        return Vec::new();
+    }
     let tag = q.value("tag");
     let passing_only = q.has("passing");
     let instances = if connect {

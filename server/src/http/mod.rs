@@ -4,13 +4,13 @@
 //! reads) to it over the RPC port, where it runs through this same router; `/v1/agent/*`,
 //! `/v1/status/*` and `?stale` reads are answered locally.
 
+mod agent_host;
 mod catalog;
 mod health;
 mod kv;
 mod session;
 mod status;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request body the forwarder carries (KV values are capped lower, at 512 KiB).
 const MAX_FORWARD_BODY: usize = 4 << 20;
 
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+pub fn router(node: Arc<Node>, agent: Arc<berth_agent::Agent>) -> Router {
+    let server_routes = Router::new()
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route(
@@ -53,6 +53,11 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/agent/self", get(status::agent_self))
         .route("/v1/agent/members", get(status::members))
+        .route("/v1/agent/reload", put(agent_host::reload))
+        .route("/v1/agent/leave", put(agent_host::leave))
+        .route("/v1/agent/force-leave/{node}", put(agent_host::force_leave))
+        .route("/v1/agent/monitor", get(agent_host::monitor))
+        .route("/v1/agent/token/{kind}", put(agent_host::token))
         .route(
             "/v1/kv/",
             get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
@@ -84,12 +89,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/session/list", get(session::list))
         .route("/v1/session/node/{node}", get(session::node))
         .route("/v1/session/renew/{id}", put(session::renew))
+        .with_state(node.clone());
+    server_routes
+        .route("/", get(root))
+        .merge(berth_agent::api::router(agent))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            node.clone(),
-            route_to_leader,
-        ))
-        .with_state(node)
+        .layer(middleware::from_fn_with_state(node, route_to_leader))
+}
+
+/// Consul answers `/` with this kind of note when its UI is off; HTTP checks aimed at an
+/// agent's bare address rely on the 200.
+async fn root() -> &'static str {
+    "Berth agent: there is no web UI. The HTTP API is under /v1/.\n"
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
@@ -100,81 +111,11 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     .into_response()
 }
 
-/// An error answer: status and a plain-text message, as Consul sends them.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            [("content-type", "text/plain; charset=utf-8")],
-            self.message,
-        )
-            .into_response()
-    }
-}
+pub use berth_agent::http_util::{ApiError, Query, decode_body, json};
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    }
-}
-
-/// The query string, decoded. Flags such as `?recurse` count by presence, as in Consul.
-#[derive(Debug, Default)]
-pub struct Query(HashMap<String, String>);
-
-impl Query {
-    pub fn parse(raw: Option<&str>) -> Self {
-        Query(
-            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                .unwrap_or_default(),
-        )
-    }
-
-    pub fn has(&self, k: &str) -> bool {
-        self.0.contains_key(k)
-    }
-
-    pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str)
-    }
-
-    /// A non-empty value, or `None`.
-    pub fn value(&self, k: &str) -> Option<&str> {
-        self.get(k).filter(|v| !v.is_empty())
-    }
-
-    /// The `?filter=` expression, parsed; a bad one is a 400 naming the problem.
-    pub fn filter(&self) -> Result<Option<berth_api::filter::Filter>, ApiError> {
-        berth_api::filter::Filter::from_query(self.get("filter"))
-            .map_err(|e| ApiError::bad_request(e.to_string()))
-    }
-
-    pub fn num(&self, k: &str, what: &str) -> Result<Option<u64>, ApiError> {
-        self.value(k)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| ApiError::bad_request(format!("Invalid {what}: {v:?}")))
-            })
-            .transpose()
     }
 }
 
@@ -311,13 +252,6 @@ pub fn with_meta(node: &Node, mode: Mode, index: u64, resp: impl IntoResponse) -
         mode.header().to_string(),
     );
     resp
-}
-
-pub fn json<T: serde::Serialize + ?Sized>(v: &T) -> Response {
-    match serde_json::to_vec(v) {
-        Ok(body) => ([("content-type", "application/json")], body).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
 }
 
 /// Sends to the leader what only the leader may answer.

@@ -148,7 +148,9 @@ fn member_of(node: &Node, info: &NodeInfo, status: u8) -> AgentMember {
     }
 }
 
-pub async fn members(State(node): State<Arc<Node>>) -> Response {
+pub async fn members(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+    // The WAN pool holds only servers, named `<node>.<datacenter>`.
+    let wan = Query::parse(raw.as_deref()).has("wan");
     let peers: Vec<_> = node
         .peers
         .lock()
@@ -161,11 +163,15 @@ pub async fn members(State(node): State<Arc<Node>>) -> Response {
         .map(|(id, p)| {
             let alive =
                 *id == node.id || p.last_seen.is_some_and(|t| t.elapsed() < PEER_FAILED_AFTER);
-            member_of(
+            let mut m = member_of(
                 &node,
                 &p.info,
                 if alive { MEMBER_ALIVE } else { MEMBER_FAILED },
-            )
+            );
+            if wan {
+                m.name = format!("{}.{}", m.name, node.cfg.datacenter);
+            }
+            m
         })
         .collect();
     json(&list)
@@ -207,5 +213,37 @@ pub async fn agent_self(State(node): State<Arc<Node>>) -> Response {
             },
         },
         "Meta": {},
+        // Servers serve no xDS; client agents do (`berth agent -xds-addr`).
+        "xDS": {"SupportedProxies": {"envoy": ["1.35", "1.34", "1.33", "1.32"]}, "Port": -1, "Ports": {"Plaintext": -1, "TLS": -1}},
+        // Berth has no network coordinates (no Serf); Consul's shape with a zero vector.
+        "Coord": {"Vec": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5},
+        "DebugConfig": debug_config(&node),
     }))
+}
+
+/// The resolved configuration, without secrets (Berth's config holds only file paths).
+fn debug_config(node: &Node) -> serde_json::Value {
+    let c = &node.cfg;
+    j!({
+        "Datacenter": c.datacenter,
+        "NodeName": c.node_name,
+        "DataDir": c.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+        "DevMode": c.dev,
+        "HTTPAddr": c.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "HTTPSAddr": c.https_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "RPCBindAddr": c.rpc_addr.to_string(),
+        "RPCAdvertiseAddr": c.advertise.to_string(),
+        "BootstrapExpect": c.bootstrap_expect,
+        "RetryJoinLAN": c.retry_join,
+        "LogLevel": c.log_level,
+        "LogJSON": c.log_json,
+        "ServerMode": true,
+        "TLS": {
+            "CAFile": c.tls.ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "CertFile": c.tls.cert_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "VerifyIncoming": c.tls.verify_incoming,
+            "VerifyOutgoing": c.tls.verify_outgoing,
+            "VerifyServerHostname": c.tls.verify_server_hostname,
+        },
+    })
 }

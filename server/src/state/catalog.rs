@@ -4,38 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
 use berth_api::catalog::{AgentService, HealthCheck, Node};
+pub use berth_api::catalog::{CatalogOp, NodeRecord, Registration};
 
 use super::{Changes, CommandResult, State, Table};
-
-/// One node with everything registered on it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub node: Node,
-    pub services: BTreeMap<String, AgentService>,
-    pub checks: BTreeMap<String, HealthCheck>,
-}
-
-/// A registration, already defaulted and validated by the HTTP layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Registration {
-    pub node: Node,
-    pub skip_node_update: bool,
-    pub service: Option<AgentService>,
-    pub checks: Vec<HealthCheck>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum CatalogOp {
-    Register(Box<Registration>),
-    Deregister {
-        node: String,
-        service_id: Option<String>,
-        check_id: Option<String>,
-    },
-}
 
 fn same_node(a: &Node, b: &Node) -> bool {
     (

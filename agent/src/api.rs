@@ -1,0 +1,381 @@
+//! The `/v1/agent` routes for services, checks, maintenance and metrics. A host (server or
+//! client agent) merges this router into its own, next to its `agent/self` and `members`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde_json::Value;
+
+use berth_api::agent::{CheckRegistration, CheckUpdate, ServiceRegistration};
+use berth_api::catalog::{CRITICAL, MAINTENANCE, PASSING, WARNING};
+
+use crate::http_util::{ApiError, Query, decode_body, json};
+use crate::local::RegisterError;
+use crate::{Agent, checks};
+
+/// How long a write to the agent waits for the catalog to carry it before answering anyway.
+const SYNC_WAIT: Duration = Duration::from_secs(2);
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/agent/services", get(services))
+        .route("/v1/agent/service/{id}", get(service))
+        .route("/v1/agent/checks", get(list_checks))
+        .route("/v1/agent/service/register", put(register_service))
+        .route("/v1/agent/service/deregister/{id}", put(deregister_service))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(service_maintenance),
+        )
+        .route("/v1/agent/maintenance", put(node_maintenance))
+        .route("/v1/agent/check/register", put(register_check))
+        .route("/v1/agent/check/deregister/{id}", put(deregister_check))
+        .route("/v1/agent/check/pass/{id}", put(check_pass))
+        .route("/v1/agent/check/warn/{id}", put(check_warn))
+        .route("/v1/agent/check/fail/{id}", put(check_fail))
+        .route("/v1/agent/check/update/{id}", put(check_update))
+        .route("/v1/agent/health/service/id/{id}", get(health_by_id))
+        .route("/v1/agent/health/service/name/{name}", get(health_by_name))
+        .route("/v1/agent/metrics", get(metrics))
+        .with_state(agent)
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::Invalid(m) => ApiError::bad_request(m),
+            RegisterError::NotFound(m) => ApiError::not_found(m),
+        }
+    }
+}
+
+/// Records a change and waits briefly for the catalog to carry it.
+async fn commit(agent: &Agent) -> Response {
+    let generation = agent.changed();
+    if !agent.wait_synced(generation, SYNC_WAIT).await {
+        tracing::debug!(
+            generation,
+            "agent change answered before the catalog carried it"
+        );
+    }
+    StatusCode::OK.into_response()
+}
+
+fn service_json(agent: &Agent, svc: &berth_api::catalog::AgentService) -> Value {
+    let mut v = serde_json::to_value(svc).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "Datacenter".into(),
+            Value::String(agent.cfg.node.datacenter.clone()),
+        );
+        m.remove("CreateIndex");
+        m.remove("ModifyIndex");
+    }
+    v
+}
+
+async fn services(
+    State(agent): State<Arc<Agent>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = Query::parse(raw.as_deref()).filter()?;
+    let st = agent.state();
+    let map: BTreeMap<&String, Value> = st
+        .services
+        .iter()
+        .map(|(id, s)| (id, service_json(&agent, &s.service)))
+        .filter(|(_, v)| filter.as_ref().is_none_or(|f| f.matches(v)))
+        .collect();
+    Ok(json(&map))
+}
+
+async fn service(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let st = agent.state();
+    match st.services.get(&id) {
+        Some(s) => Ok(json(&service_json(&agent, &s.service))),
+        None => Err(ApiError::not_found(format!("unknown service ID: {id}"))),
+    }
+}
+
+async fn list_checks(
+    State(agent): State<Arc<Agent>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = Query::parse(raw.as_deref()).filter()?;
+    let st = agent.state();
+    let map: BTreeMap<&String, Value> = st
+        .checks
+        .iter()
+        .map(|(id, c)| (id, serde_json::to_value(&c.check).unwrap_or(Value::Null)))
+        .filter(|(_, v)| filter.as_ref().is_none_or(|f| f.matches(v)))
+        .collect();
+    Ok(json(&map))
+}
+
+async fn register_service(
+    State(agent): State<Arc<Agent>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref());
+    let replace = q.bool("replace-existing-checks")?.unwrap_or(false);
+    let reg: ServiceRegistration = decode_body(&body)?;
+    let started = {
+        let mut st = agent.state();
+        let new = st.build_service(reg)?;
+        st.add_service(new, None, replace)
+    };
+    for id in started {
+        checks::start(&agent, &id);
+    }
+    Ok(commit(&agent).await)
+}
+
+async fn deregister_service(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !agent.state().remove_service(&id) {
+        return Err(ApiError::not_found(format!("Unknown service ID \"{id}\"")));
+    }
+    Ok(commit(&agent).await)
+}
+
+fn enable_param(q: &Query) -> Result<bool, ApiError> {
+    match q.get("enable") {
+        None | Some("") => Err(ApiError::bad_request("Missing value for enable")),
+        Some(v) => v
+            .parse::<bool>()
+            .map_err(|_| ApiError::bad_request(format!("Invalid value for enable: {v:?}"))),
+    }
+}
+
+async fn service_maintenance(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref());
+    let enable = enable_param(&q)?;
+    let reason = q.get("reason").unwrap_or_default().to_string();
+    agent.state().service_maintenance(&id, enable, &reason)?;
+    Ok(commit(&agent).await)
+}
+
+async fn node_maintenance(
+    State(agent): State<Arc<Agent>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref());
+    let enable = enable_param(&q)?;
+    let reason = q.get("reason").unwrap_or_default().to_string();
+    agent.state().node_maintenance(enable, &reason);
+    Ok(commit(&agent).await)
+}
+
+async fn register_check(
+    State(agent): State<Arc<Agent>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let def: CheckRegistration = decode_body(&body)?;
+    if def.name.is_empty() && def.check_id.is_empty() && def.id.is_empty() {
+        return Err(ApiError::bad_request("Missing check name"));
+    }
+    let id = {
+        let mut st = agent.state();
+        let (check, spec) = st.build_check(def, None, "")?;
+        st.add_check(check, spec)
+    };
+    checks::start(&agent, &id);
+    Ok(commit(&agent).await)
+}
+
+async fn deregister_check(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !agent.state().remove_check(&id) {
+        return Err(ApiError::not_found(format!("Unknown check ID \"{id}\"")));
+    }
+    Ok(commit(&agent).await)
+}
+
+async fn ttl_update(
+    agent: &Agent,
+    id: &str,
+    status: &str,
+    output: String,
+) -> Result<Response, ApiError> {
+    let changed = agent.state().update_ttl(id, status, output)?;
+    if changed {
+        Ok(commit(agent).await)
+    } else {
+        Ok(StatusCode::OK.into_response())
+    }
+}
+
+async fn check_pass(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let note = Query::parse(raw.as_deref())
+        .get("note")
+        .unwrap_or_default()
+        .to_string();
+    ttl_update(&a, &id, PASSING, note).await
+}
+
+async fn check_warn(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let note = Query::parse(raw.as_deref())
+        .get("note")
+        .unwrap_or_default()
+        .to_string();
+    ttl_update(&a, &id, WARNING, note).await
+}
+
+async fn check_fail(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let note = Query::parse(raw.as_deref())
+        .get("note")
+        .unwrap_or_default()
+        .to_string();
+    ttl_update(&a, &id, CRITICAL, note).await
+}
+
+async fn check_update(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let u: CheckUpdate = decode_body(&body)?;
+    if ![PASSING, WARNING, CRITICAL].contains(&u.status.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid check status: \"{}\"",
+            u.status
+        )));
+    }
+    ttl_update(&a, &id, &u.status, u.output).await
+}
+
+/// Consul's aggregate: maintenance beats critical beats warning beats passing.
+fn aggregate<'a>(statuses: impl Iterator<Item = &'a str>) -> &'static str {
+    let mut worst = PASSING;
+    for s in statuses {
+        worst = match (worst, s) {
+            (MAINTENANCE, _) | (_, MAINTENANCE) => MAINTENANCE,
+            (CRITICAL, _) | (_, CRITICAL) => CRITICAL,
+            (WARNING, _) | (_, WARNING) => WARNING,
+            _ => PASSING,
+        };
+    }
+    worst
+}
+
+fn health_status(agent: &Agent, service_id: &str) -> &'static str {
+    let st = agent.state();
+    let maintenance = format!("{}{service_id}", crate::local::SERVICE_MAINTENANCE_PREFIX);
+    aggregate(
+        st.checks
+            .values()
+            .filter(|c| c.check.service_id == service_id || c.check.service_id.is_empty())
+            .map(|c| {
+                if c.check.check_id == maintenance
+                    || c.check.check_id == crate::local::NODE_MAINTENANCE
+                {
+                    MAINTENANCE
+                } else {
+                    c.check.status.as_str()
+                }
+            }),
+    )
+}
+
+fn health_code(status: &str) -> StatusCode {
+    match status {
+        PASSING => StatusCode::OK,
+        WARNING => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn health_by_id(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let svc = agent
+        .state()
+        .services
+        .get(&id)
+        .map(|s| service_json(&agent, &s.service));
+    let Some(svc) = svc else {
+        return Err(ApiError::not_found(format!("ServiceId {id} not found")));
+    };
+    let status = health_status(&agent, &id);
+    Ok((
+        health_code(status),
+        json(&serde_json::json!({"AggregatedStatus": status, "Service": svc, "Checks": []})),
+    )
+        .into_response())
+}
+
+async fn health_by_name(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let ids: Vec<(String, Value)> = agent
+        .state()
+        .services
+        .values()
+        .filter(|s| s.service.service == name)
+        .map(|s| (s.service.id.clone(), service_json(&agent, &s.service)))
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::not_found(format!("ServiceName {name} Not Found")));
+    }
+    let rows: Vec<(&'static str, Value)> = ids
+        .into_iter()
+        .map(|(id, svc)| (health_status(&agent, &id), svc))
+        .collect();
+    let overall = aggregate(rows.iter().map(|(s, _)| *s));
+    let body: Vec<Value> = rows
+        .into_iter()
+        .map(|(s, svc)| serde_json::json!({"AggregatedStatus": s, "Service": svc, "Checks": []}))
+        .collect();
+    Ok((health_code(overall), json(&body)).into_response())
+}
+
+async fn metrics(
+    State(agent): State<Arc<Agent>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(raw.as_deref());
+    match q.get("format") {
+        None | Some("") => Ok(json(&agent.metrics.render_json())),
+        Some("prometheus") => Ok((
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            agent.metrics.render_prometheus(),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "Invalid format {other:?}: use prometheus or leave it out"
+        ))),
+    }
+}
