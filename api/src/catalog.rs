@@ -89,6 +89,7 @@ const FIELDS: &[&str] = &[
     "Upstreams",
     "Token",
     "ReplaceExistingChecks",
+    "DestinationName",
     "DestinationType",
     "DestinationNamespace",
     "DestinationPartition",

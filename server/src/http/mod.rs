@@ -92,9 +92,44 @@ pub fn router(node: Arc<Node>, agent: Arc<berth_agent::Agent>) -> Router {
         .with_state(node.clone());
     server_routes
         .route("/", get(root))
-        .merge(berth_agent::api::router(agent))
+        .merge(berth_agent::api::router(agent.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node, route_to_leader))
+        .layer(middleware::from_fn_with_state(agent, count_requests))
+}
+
+/// The endpoint family of a path, for metrics: `/v1/catalog/service`, but `/v1/kv` alone,
+/// since what follows is a user's key.
+fn route_family(path: &str) -> String {
+    let parts: Vec<&str> = path.trim_start_matches('/').splitn(4, '/').collect();
+    match parts.as_slice() {
+        ["v1", "kv", ..] => "/v1/kv".to_string(),
+        ["v1", a, b, ..] => format!("/v1/{a}/{b}"),
+        ["v1", a] => format!("/v1/{a}"),
+        _ => "other".to_string(),
+    }
+}
+
+async fn count_requests(
+    State(agent): State<Arc<berth_agent::Agent>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let labels = vec![
+        ("method".to_string(), req.method().to_string()),
+        ("path".to_string(), route_family(req.uri().path())),
+    ];
+    let resp = next.run(req).await;
+    let mut with_code = labels.clone();
+    with_code.push(("code".to_string(), resp.status().as_u16().to_string()));
+    agent
+        .metrics
+        .incr_labeled("berth.http.requests", with_code, 1);
+    agent
+        .metrics
+        .observe("berth.http.request_ms", labels, start.elapsed());
+    resp
 }
 
 /// Consul answers `/` with this kind of note when its UI is off; HTTP checks aimed at an
