@@ -192,7 +192,6 @@ pub fn reset_session_timer(node: &Node, id: &str, ttl: &str) {
 }
 
 /// Name under which the servers register themselves: clients and tools look them up by it.
-pub const SERVER_SERVICE: &str = "consul";
 pub const SERF_CHECK: &str = "serfHealth";
 /// A server not heard from for this long has its `serfHealth` turned critical.
 const SERVER_FAILED_AFTER: Duration = Duration::from_secs(10);
@@ -202,6 +201,7 @@ const SERVER_FAILED_AFTER: Duration = Duration::from_secs(10);
 fn server_registration(
     info: &crate::raft::types::NodeInfo,
     datacenter: &str,
+    service: &str,
     alive: bool,
 ) -> Option<Registration> {
     use berth_api::catalog::{AgentService, CRITICAL, HealthCheck, Node, PASSING};
@@ -217,8 +217,8 @@ fn server_registration(
         },
         skip_node_update: false,
         service: Some(AgentService {
-            id: SERVER_SERVICE.to_string(),
-            service: SERVER_SERVICE.to_string(),
+            id: service.to_string(),
+            service: service.to_string(),
             port: addr.port(),
             ..Default::default()
         }),
@@ -244,6 +244,7 @@ fn server_registration(
 /// stops). Writes only what differs, so an idle cluster commits nothing.
 pub async fn server_catalog_loop(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
+    let service_name = node.cfg.server_service_name.as_str();
     loop {
         // Right after a change of leader or membership, otherwise twice a second for liveness.
         let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
@@ -272,14 +273,15 @@ pub async fn server_catalog_loop(node: Arc<Node>) {
                     .copied()
                     .flatten()
                     .is_some_and(|t| t.elapsed() < SERVER_FAILED_AFTER);
-            let Some(reg) = server_registration(info, &node.cfg.datacenter, alive) else {
+            let Some(reg) = server_registration(info, &node.cfg.datacenter, service_name, alive)
+            else {
                 continue;
             };
             let current = {
                 let st = node.store.read();
                 st.catalog.get(&info.name).map(|r| {
                     let same_node = r.node.id == reg.node.id && r.node.address == reg.node.address;
-                    let svc = r.services.get(SERVER_SERVICE).map(|s| s.port);
+                    let svc = r.services.get(service_name).map(|s| s.port);
                     let check = r.checks.get(SERF_CHECK).map(|c| c.status.clone());
                     (same_node, svc, check)
                 })
@@ -298,7 +300,7 @@ pub async fn server_catalog_loop(node: Arc<Node>) {
         let stale: Vec<String> = node
             .store
             .read()
-            .service_instances(SERVER_SERVICE)
+            .service_instances(service_name)
             .into_iter()
             .filter(|(n, _)| !names.contains(n.node.as_str()))
             .map(|(n, _)| n.node.clone())
@@ -306,7 +308,7 @@ pub async fn server_catalog_loop(node: Arc<Node>) {
         for name in stale {
             wanted.push(Command::Catalog(CatalogOp::Deregister {
                 node: name.clone(),
-                service_id: Some(SERVER_SERVICE.to_string()),
+                service_id: Some(service_name.to_string()),
                 check_id: None,
             }));
             wanted.push(Command::Catalog(CatalogOp::Deregister {

@@ -137,6 +137,10 @@ pub struct Flags {
     /// Log entries kept behind a snapshot for slow followers (default 2048).
     #[arg(long, value_name = "N")]
     pub raft_trailing_logs: Option<u64>,
+    /// The catalog service the servers register as (default `consul`, the name Consul's
+    /// clients and tools look servers up by).
+    #[arg(long, value_name = "NAME")]
+    pub server_service_name: Option<String>,
 }
 
 /// A config file, or the environment, before merging. Keys as in Consul where Consul has them.
@@ -160,6 +164,7 @@ pub struct FileConfig {
     pub log_json: Option<bool>,
     pub raft_snapshot_threshold: Option<u64>,
     pub raft_trailing_logs: Option<u64>,
+    pub server_service_name: Option<String>,
     pub tls: Option<TlsSettings>,
 }
 
@@ -184,6 +189,7 @@ impl FileConfig {
                 .raft_snapshot_threshold
                 .or(self.raft_snapshot_threshold),
             raft_trailing_logs: other.raft_trailing_logs.or(self.raft_trailing_logs),
+            server_service_name: other.server_service_name.or(self.server_service_name),
             tls: other.tls.or(self.tls),
         }
     }
@@ -205,6 +211,7 @@ impl FileConfig {
             log_json: f.log_json.then_some(true),
             raft_snapshot_threshold: f.raft_snapshot_threshold,
             raft_trailing_logs: f.raft_trailing_logs,
+            server_service_name: f.server_service_name.clone(),
             tls: None,
         }
     }
@@ -282,6 +289,7 @@ pub fn from_env(env: &HashMap<String, String>) -> Result<FileConfig, ConfigError
         log_json: parse(env, "BERTH_LOG_JSON", "true or false")?,
         raft_snapshot_threshold: parse(env, "BERTH_RAFT_SNAPSHOT_THRESHOLD", "a whole number")?,
         raft_trailing_logs: parse(env, "BERTH_RAFT_TRAILING_LOGS", "a whole number")?,
+        server_service_name: s("BERTH_SERVER_SERVICE_NAME"),
         tls,
     })
 }
@@ -320,6 +328,7 @@ pub struct Config {
     pub log_json: bool,
     pub snapshot_threshold: u64,
     pub trailing_logs: u64,
+    pub server_service_name: String,
     pub tls: TlsSettings,
 }
 
@@ -431,6 +440,19 @@ pub fn resolve(
             message: "needs tls { cert_file, key_file }".to_string(),
         });
     }
+    let server_service_name = m
+        .server_service_name
+        .unwrap_or_else(|| "consul".to_string());
+    if server_service_name.is_empty()
+        || !server_service_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::Invalid {
+            key: "server_service_name",
+            message: format!("expected letters, digits, '-' or '_', got {server_service_name:?}"),
+        });
+    }
     let snapshot_threshold = m.raft_snapshot_threshold.unwrap_or(8192);
     if snapshot_threshold == 0 {
         return Err(ConfigError::Invalid {
@@ -459,6 +481,7 @@ pub fn resolve(
         log_json: m.log_json.unwrap_or(false),
         snapshot_threshold,
         trailing_logs: m.raft_trailing_logs.unwrap_or(2048),
+        server_service_name,
         tls,
     })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_agent::{Agent, AgentConfig, BoxFuture, CatalogBackend, CatalogError};
 use berth_api::catalog::{CatalogOp, Node as CatalogNode, NodeRecord};
 
-use crate::cluster::{SERF_CHECK, SERVER_SERVICE};
+use crate::cluster::SERF_CHECK;
 use crate::node::Node;
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +54,7 @@ pub fn start(node: &Arc<Node>) -> Arc<Agent> {
     });
     // The leader's server loop owns this node's entry, `consul` service and `serfHealth`.
     cfg.manage_node = false;
-    cfg.reserved_services = vec![SERVER_SERVICE.to_string()];
+    cfg.reserved_services = vec![node.cfg.server_service_name.clone()];
     cfg.reserved_checks = vec![SERF_CHECK.to_string()];
     let agent = Agent::start(cfg, Arc::new(ServerCatalog(node.clone())));
     let n = node.clone();

@@ -266,3 +266,40 @@ async fn catalog_writes_replicate_and_forward_in_a_cluster() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_server_service_name_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        "dev",
+        berth_tests::free_port(),
+        berth_tests::free_port(),
+        &[
+            "-dev".into(),
+            "-server-service-name".into(),
+            "berth-servers".into(),
+        ],
+    );
+    s.wait_ready(Duration::from_secs(10)).await;
+    let rows = berth_tests::eventually(
+        Duration::from_secs(10),
+        "the server's registration",
+        || async {
+            let rows = get_json(&s.url("/v1/catalog/service/berth-servers")).await;
+            (!rows.as_array().unwrap().is_empty()).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(rows[0]["ServicePort"], s.rpc_port);
+    assert_eq!(
+        get_json(&s.url("/v1/catalog/service/consul")).await,
+        json!([])
+    );
+    let bad = std::process::Command::new(berth_tests::bin("berth-server"))
+        .args(["-dev", "-server-service-name", "no spaces"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("server_service_name"));
+}

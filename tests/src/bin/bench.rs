@@ -38,6 +38,41 @@ struct Args {
     /// Keys of 100 bytes written before reading the servers' memory.
     #[arg(long, default_value_t = 100_000)]
     rss_keys: u64,
+    /// `kv` (KV PUTs against etcd), `catalog` (catalog registrations against etcd puts,
+    /// blocking-query fan-out, memory with a large catalog), or `all`.
+    #[arg(long, default_value = "all")]
+    suite: String,
+    /// Catalog suite: blocking watchers, services they spread over, nodes and instances.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+    #[arg(long, default_value_t = 1_000)]
+    services: usize,
+    #[arg(long, default_value_t = 10_000)]
+    nodes: u64,
+    #[arg(long, default_value_t = 50_000)]
+    instances: u64,
+}
+
+/// What one request of a load does.
+#[derive(Clone, Copy)]
+enum Op {
+    /// KV PUT (Berth) or put (etcd) of the value.
+    Put,
+    /// Catalog registration of node `i % nodes` with one service instance (Berth); for etcd,
+    /// a put whose value is as large as Berth's request body.
+    Register { nodes: u64 },
+}
+
+fn register_body(i: u64, nodes: u64) -> serde_json::Value {
+    let n = i % nodes.max(1);
+    serde_json::json!({
+        "Node": format!("node-{n}"),
+        "Address": format!("10.{}.{}.{}", n / 65536 % 256, n / 256 % 256, n % 256),
+        "NodeMeta": {"az": "eu-west-1a"},
+        "Service": {"ID": format!("inst-{i}"), "Service": format!("svc-{}", i % 1000), "Port": 8080,
+                    "Tags": ["v1", "blue"], "Meta": {"task": format!("task-{i}")}},
+        "Check": {"CheckID": format!("inst-{i}-alive"), "Name": "alive", "ServiceID": format!("inst-{i}"), "Status": "passing"}
+    })
 }
 
 fn free_port() -> Result<u16> {
@@ -251,6 +286,17 @@ async fn load(
     value: &[u8],
     key_base: &str,
 ) -> Result<Figures> {
+    load_op(c, Op::Put, clients, total, value, key_base).await
+}
+
+async fn load_op(
+    c: &Cluster,
+    op: Op,
+    clients: usize,
+    total: u64,
+    value: &[u8],
+    key_base: &str,
+) -> Result<Figures> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let url = c.urls[0].clone();
@@ -280,15 +326,22 @@ async fn load(
                 }
                 let key = format!("{key_base}/{i}");
                 let t = Instant::now();
-                let res = match target {
-                    Target::Berth => {
+                let res = match (target, op) {
+                    (Target::Berth, Op::Register { nodes }) => {
+                        client
+                            .put(format!("{url}/v1/catalog/register"))
+                            .json(&register_body(i, nodes))
+                            .send()
+                            .await
+                    }
+                    (Target::Berth, Op::Put) => {
                         client
                             .put(format!("{url}/v1/kv/{key}"))
                             .body(value.clone())
                             .send()
                             .await
                     }
-                    Target::Etcd => {
+                    (Target::Etcd, _) => {
                         let body = serde_json::json!({"key": B64.encode(&key), "value": value_b64});
                         client
                             .post(format!("{url}/v3/kv/put"))
@@ -348,6 +401,19 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if !["kv", "catalog", "all"].contains(&args.suite.as_str()) {
+        bail!("--suite must be kv, catalog or all, not {:?}", args.suite);
+    }
+    if args.suite != "catalog" {
+        kv_suite(&args).await?;
+    }
+    if args.suite != "kv" {
+        catalog_suite(&args).await?;
+    }
+    Ok(())
+}
+
+async fn kv_suite(args: &Args) -> Result<()> {
     let value = vec![b'v'; args.value_size];
     println!(
         "KV PUT, {} requests per level, {} B values, loopback, fsync on; writes go to the leader",
@@ -427,5 +493,187 @@ async fn main() -> Result<()> {
             before
         );
     }
+    Ok(())
+}
+
+async fn catalog_suite(args: &Args) -> Result<()> {
+    // (1) Registration throughput on 3 servers against etcd puts of the same size.
+    let body_len = serde_json::to_vec(&register_body(123_456, args.nodes))?.len();
+    let value = vec![b'r'; body_len];
+    println!(
+        "\ncatalog register, 3 servers, {} requests per level, {body_len} B bodies (etcd: puts of {body_len} B)",
+        args.requests
+    );
+    println!(
+        "{:<6} {:>7} {:>10} {:>10} {:>10} {:>7}",
+        "target", "clients", "req/s", "p50", "p99", "errors"
+    );
+    let mut rates = Vec::new();
+    for target in [Target::Berth, Target::Etcd] {
+        let cluster = match target {
+            Target::Berth => start_berth(&args.berth_bin, 3).await?,
+            Target::Etcd => start_etcd(&args.etcd, 3).await?,
+        };
+        for &clients in &args.clients {
+            let op = Op::Register { nodes: args.nodes };
+            let f = load_op(
+                &cluster,
+                op,
+                clients,
+                args.requests,
+                &value,
+                &format!("reg/c{clients}"),
+            )
+            .await?;
+            println!(
+                "{:<6} {:>7} {:>10.0} {:>10} {:>10} {:>7}",
+                target.name(),
+                clients,
+                f.rps,
+                ms(f.p50),
+                ms(f.p99),
+                f.errors
+            );
+            rates.push((target, clients, f.rps));
+        }
+    }
+    for &clients in &args.clients {
+        let get = |t| {
+            rates
+                .iter()
+                .find(|r| r.0 == t && r.1 == clients)
+                .map(|r| r.2)
+        };
+        if let (Some(b), Some(e)) = (get(Target::Berth), get(Target::Etcd)) {
+            println!("  ratio berth/etcd at {clients:>2} clients: {:.2}x", b / e);
+        }
+    }
+
+    // (2) Blocking-query fan-out.
+    fan_out(args).await?;
+
+    // (3) Memory with a large catalog.
+    let cluster = start_berth(&args.berth_bin, 1).await?;
+    let idle = rss_mb(cluster.procs.0[0].id());
+    let op = Op::Register { nodes: args.nodes };
+    let f = load_op(&cluster, op, 64, args.instances, &[], "rss").await?;
+    let after = rss_mb(cluster.procs.0[0].id());
+    let check = reqwest::get(format!("{}/v1/catalog/nodes", cluster.urls[0]))
+        .await?
+        .json::<serde_json::Value>()
+        .await?;
+    println!(
+        "\nmemory with {} nodes and {} service instances (one server, RSS): {after:.1} MB (idle {idle:.1} MB; {} nodes listed; {} errors) (goal: under 300 MB)",
+        args.nodes,
+        args.instances,
+        check.as_array().map_or(0, Vec::len),
+        f.errors
+    );
+    Ok(())
+}
+
+/// `watchers` blocking health queries over `services` services; one service changes.
+async fn fan_out(args: &Args) -> Result<()> {
+    let cluster = start_berth(&args.berth_bin, 3).await?;
+    let url = cluster.urls[0].clone();
+    let setup = reqwest::Client::new();
+    for k in 0..args.services {
+        let body = serde_json::json!({"Node": format!("fan-{}", k % 100), "Address": "10.9.0.1",
+            "Service": {"ID": format!("fan-{k}"), "Service": format!("fan-{k}"), "Port": 80}});
+        let r = setup
+            .put(format!("{url}/v1/catalog/register"))
+            .json(&body)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("registering fan-{k}: {}", r.status());
+        }
+    }
+    let mut indexes = Vec::new();
+    for k in 0..args.services {
+        let r = setup
+            .get(format!("{url}/v1/health/service/fan-{k}"))
+            .send()
+            .await?;
+        let idx: u64 = r
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .context("no X-Consul-Index")?;
+        indexes.push(idx);
+    }
+    let woke: Arc<std::sync::Mutex<Vec<(usize, Instant)>>> = Arc::default();
+    // One client: its pool opens a connection per concurrent request.
+    let watch_client = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(args.watchers)
+        .build()?;
+    let mut tasks = Vec::new();
+    for w in 0..args.watchers {
+        let k = w % args.services;
+        let idx = indexes[k];
+        let url = url.clone();
+        let woke = woke.clone();
+        let client = watch_client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .get(format!(
+                    "{url}/v1/health/service/fan-{k}?index={idx}&wait=120s"
+                ))
+                .send()
+                .await?;
+            let _ = r.bytes().await?;
+            woke.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((k, Instant::now()));
+            anyhow::Ok(())
+        }));
+    }
+    // Let every watcher reach the server and park.
+    tokio::time::sleep(Duration::from_secs(5 + args.watchers as u64 / 2000)).await;
+    let early = woke.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let body = serde_json::json!({"Node": "fan-0", "Address": "10.9.0.1",
+        "Service": {"ID": "fan-0", "Service": "fan-0", "Port": 80, "Tags": ["changed"]}});
+    let r = setup
+        .put(format!("{url}/v1/catalog/register"))
+        .json(&body)
+        .send()
+        .await?;
+    let acked = Instant::now();
+    if !r.status().is_success() {
+        bail!("the change failed: {}", r.status());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let woke = woke.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for t in tasks {
+        t.abort();
+    }
+    let mine: Vec<Duration> = woke
+        .iter()
+        .filter(|(k, _)| *k == 0)
+        .map(|(_, t)| t.saturating_duration_since(acked))
+        .collect();
+    let others = woke.iter().filter(|(k, _)| *k != 0).count();
+    let mut lat = mine.clone();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "\nblocking fan-out: {} watchers over {} services, one service changed on a 3-server cluster",
+        args.watchers, args.services
+    );
+    println!(
+        "  woken: {} of the changed service's {} watchers; {others} watchers of other services (must be 0); {early} returned before the change",
+        mine.len(),
+        args.watchers.div_ceil(args.services),
+    );
+    println!(
+        "  write ack -> watcher response: p50 {} p99 {} (goal: p99 under 50 ms)",
+        ms(pct(0.50)),
+        ms(pct(0.99))
+    );
     Ok(())
 }
