@@ -72,6 +72,7 @@ fn run_tls(cmd: TlsCommand) -> ExitCode {
 }
 
 fn run_server(flags: config::Flags) -> ExitCode {
+    berth_server::util::limit_malloc_arenas();
     let env: HashMap<String, String> = std::env::vars().collect();
     let files = match config::load_files(&config::config_files(&flags, &env)) {
         Ok(f) => f,

@@ -19,12 +19,19 @@ pub mod b64 {
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one whole.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// [`write_atomic`] of the concatenation of `parts`, without building it in memory.
+pub fn write_atomic_parts(path: &std::path::Path, parts: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -75,5 +82,27 @@ pub fn first_private_ipv4() -> Option<std::net::IpAddr> {
         }
         libc::freeifaddrs(addrs);
         found
+    }
+}
+
+/// Hands freed heap memory back to the kernel. glibc keeps large freed blocks (a snapshot's
+/// serialized copy) in its arenas, which shows up as resident memory long after.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// glibc gives each thread that contends on malloc its own arena (up to 8 per core), and each
+/// arena keeps its own freed memory; a server whose tables are built by many worker threads
+/// ends up holding several times its live heap. Two arenas keep RSS close to the live size
+/// at no measurable cost in throughput here. Call before starting threads.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -33,8 +33,9 @@ const META_PURGED: &str = "last_purged";
 /// Upper bound of operations folded into one transaction.
 const MAX_BATCH: usize = 8192;
 /// Encoded bytes of entries kept in memory before the oldest durable, committed ones are
-/// dropped from it.
-const MEM_BYTES: usize = 16 << 20;
+/// dropped from it. Decoded entries take several times their encoded size, and followers
+/// that fall further behind are served from redb, so this stays small.
+const MEM_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("raft log {}: {message}", path.display())]

@@ -53,17 +53,20 @@ impl SnapshotStore {
             Some(path) => {
                 let meta_json = serde_json::to_vec(&FileMeta { meta: meta.clone() })
                     .map_err(io::Error::other)?;
-                let mut payload = Vec::with_capacity(4 + meta_json.len() + data.len());
-                payload.extend_from_slice(&(meta_json.len() as u32).to_be_bytes());
-                payload.extend_from_slice(&meta_json);
-                payload.extend_from_slice(data);
-                let mut file = Vec::with_capacity(HEADER + payload.len());
-                file.extend_from_slice(MAGIC);
-                file.extend_from_slice(&FORMAT.to_be_bytes());
-                file.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-                file.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-                file.extend_from_slice(&payload);
-                crate::util::write_atomic(path, &file)
+                // Payload = meta length, meta, data; written piecewise so that a large state
+                // is never copied in memory.
+                let meta_len = (meta_json.len() as u32).to_be_bytes();
+                let payload_len = (4 + meta_json.len() + data.len()) as u64;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&meta_len);
+                crc.update(&meta_json);
+                crc.update(data);
+                let mut header = Vec::with_capacity(HEADER);
+                header.extend_from_slice(MAGIC);
+                header.extend_from_slice(&FORMAT.to_be_bytes());
+                header.extend_from_slice(&payload_len.to_be_bytes());
+                header.extend_from_slice(&crc.finalize().to_be_bytes());
+                crate::util::write_atomic_parts(path, &[&header, &meta_len, &meta_json, data])
             }
         }
     }
@@ -221,12 +224,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (meta, data)
         };
         let store = self.store.clone();
-        let (meta2, data2) = (meta.clone(), data.clone());
-        // The file write fsyncs; keep it off the async workers.
-        tokio::task::spawn_blocking(move || store.snapshots.save(&meta2, &data2))
-            .await
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let meta2 = meta.clone();
+        // The file write fsyncs; keep it off the async workers. The data goes and comes back
+        // rather than being copied.
+        let data =
+            tokio::task::spawn_blocking(move || store.snapshots.save(&meta2, &data).map(|()| data))
+                .await
+                .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
+                .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        crate::util::release_free_memory();
         self.store.last_snapshot_index.store(
             meta.last_log_id.map(|l| l.index).unwrap_or(0),
             Ordering::Relaxed,
