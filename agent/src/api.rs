@@ -37,9 +37,18 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/agent/maintenance", put(node_maintenance))
         .route("/v1/agent/check/register", put(register_check))
         .route("/v1/agent/check/deregister/{id}", put(deregister_check))
-        .route("/v1/agent/check/pass/{id}", put(check_pass))
-        .route("/v1/agent/check/warn/{id}", put(check_warn))
-        .route("/v1/agent/check/fail/{id}", put(check_fail))
+        .route(
+            "/v1/agent/check/pass/{id}",
+            put(|State(a), Path(id), RawQuery(q)| check_mark(a, id, q, PASSING)),
+        )
+        .route(
+            "/v1/agent/check/warn/{id}",
+            put(|State(a), Path(id), RawQuery(q)| check_mark(a, id, q, WARNING)),
+        )
+        .route(
+            "/v1/agent/check/fail/{id}",
+            put(|State(a), Path(id), RawQuery(q)| check_mark(a, id, q, CRITICAL)),
+        )
         .route("/v1/agent/check/update/{id}", put(check_update))
         .route("/v1/agent/health/service/id/{id}", get(health_by_id))
         .route("/v1/agent/health/service/name/{name}", get(health_by_name))
@@ -224,40 +233,18 @@ async fn ttl_update(
     }
 }
 
-async fn check_pass(
-    State(a): State<Arc<Agent>>,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
+/// `PUT /v1/agent/check/pass|warn|fail/<id>?note=`: the route fixes the status.
+async fn check_mark(
+    a: Arc<Agent>,
+    id: String,
+    raw: Option<String>,
+    status: &'static str,
 ) -> Result<Response, ApiError> {
     let note = Query::parse(raw.as_deref())
         .get("note")
         .unwrap_or_default()
         .to_string();
-    ttl_update(&a, &id, PASSING, note).await
-}
-
-async fn check_warn(
-    State(a): State<Arc<Agent>>,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let note = Query::parse(raw.as_deref())
-        .get("note")
-        .unwrap_or_default()
-        .to_string();
-    ttl_update(&a, &id, WARNING, note).await
-}
-
-async fn check_fail(
-    State(a): State<Arc<Agent>>,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let note = Query::parse(raw.as_deref())
-        .get("note")
-        .unwrap_or_default()
-        .to_string();
-    ttl_update(&a, &id, CRITICAL, note).await
+    ttl_update(&a, &id, status, note).await
 }
 
 async fn check_update(

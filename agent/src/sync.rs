@@ -67,18 +67,21 @@ pub fn plan(want: &Desired<'_>, current: Option<&NodeRecord>) -> Vec<CatalogOp> 
         .map(|r| (&r.services, &r.checks))
         .unwrap_or((&empty_services, &empty_checks));
 
-    for (id, svc) in &want.services {
-        let checks_of: Vec<HealthCheck> = want
-            .checks
+    // The wanted checks of one service (or of the node, for "") that the catalog lacks.
+    let stale_checks = |service_id: &str| -> Vec<HealthCheck> {
+        want.checks
             .values()
-            .filter(|c| &c.service_id == id)
+            .filter(|c| c.service_id == service_id)
             .filter(|c| {
                 cur_checks
                     .get(&c.check_id)
                     .is_none_or(|cur| unindexed_check(cur) != **c)
             })
             .cloned()
-            .collect();
+            .collect()
+    };
+    for (id, svc) in &want.services {
+        let checks_of = stale_checks(id);
         let service_differs = cur_services
             .get(id)
             .is_none_or(|cur| unindexed_service(cur) != *svc);
@@ -88,17 +91,7 @@ pub fn plan(want: &Desired<'_>, current: Option<&NodeRecord>) -> Vec<CatalogOp> 
             ops.push(reg(None, checks_of, true));
         }
     }
-    let node_checks: Vec<HealthCheck> = want
-        .checks
-        .values()
-        .filter(|c| c.service_id.is_empty())
-        .filter(|c| {
-            cur_checks
-                .get(&c.check_id)
-                .is_none_or(|cur| unindexed_check(cur) != **c)
-        })
-        .cloned()
-        .collect();
+    let node_checks = stale_checks("");
     if !node_checks.is_empty() {
         ops.push(reg(None, node_checks, true));
     }
