@@ -7,9 +7,11 @@
 //! `deny` wins over any grant, otherwise the most permissive grant wins. Nothing matching
 //! falls to the default policy. `write` implies `read`.
 
+mod identity;
 mod rules;
 mod templates;
 
+pub use identity::{Denied, Identity};
 pub use rules::{Access, Authorizer, Resource, Rules, RulesError, parse_rules};
 pub use templates::{
     NODE_TEMPLATE, SERVICE_TEMPLATE, TemplateError, node_identity_rules, service_identity_rules,

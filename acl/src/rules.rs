@@ -126,7 +126,11 @@ fn merge<K: Ord>(into: &mut BTreeMap<K, Access>, key: K, a: Access) {
 
 impl Rules {
     pub fn grant(&mut self, r: Resource, name: &str, prefix: bool, a: Access) {
-        let map = if prefix { &mut self.prefix } else { &mut self.exact };
+        let map = if prefix {
+            &mut self.prefix
+        } else {
+            &mut self.exact
+        };
         merge(map, (r, name.to_string()), a);
     }
 
@@ -154,7 +158,11 @@ impl Rules {
     }
 }
 
-fn access_of(resource: &str, name: &str, v: &Value) -> Result<(Access, Option<Access>), RulesError> {
+fn access_of(
+    resource: &str,
+    name: &str,
+    v: &Value,
+) -> Result<(Access, Option<Access>), RulesError> {
     let obj = match v {
         Value::Object(m) => m,
         // Blocks repeated with the same label come as a list.
@@ -208,9 +216,9 @@ pub fn parse_rules(text: &str) -> Result<Rules, RulesError> {
     };
     for (k, v) in &top {
         if let Some(r) = Resource::global(k) {
-            let s = v
-                .as_str()
-                .ok_or_else(|| RulesError::Invalid(format!("{k}: expected \"read\", \"write\" or \"deny\"")))?;
+            let s = v.as_str().ok_or_else(|| {
+                RulesError::Invalid(format!("{k}: expected \"read\", \"write\" or \"deny\""))
+            })?;
             let a = Access::parse(s)
                 .ok_or_else(|| RulesError::Invalid(format!("{k}: invalid policy {s:?}")))?;
             rules.grant_global(r, a);
@@ -348,11 +356,20 @@ mod tests {
         );
         assert!(a.allowed(Resource::Key, "other", Access::Read));
         assert!(!a.allowed(Resource::Key, "other", Access::Write));
-        assert!(a.allowed(Resource::Key, "app/x", Access::Write), "longer prefix wins");
+        assert!(
+            a.allowed(Resource::Key, "app/x", Access::Write),
+            "longer prefix wins"
+        );
         assert!(!a.allowed(Resource::Key, "app/secret/x", Access::Read));
-        assert!(a.allowed(Resource::Key, "app/secret/public", Access::Read), "exact beats prefix");
+        assert!(
+            a.allowed(Resource::Key, "app/secret/public", Access::Read),
+            "exact beats prefix"
+        );
         assert!(!a.allowed(Resource::Service, "db", Access::Read));
-        assert!(!a.allowed(Resource::Node, "n1", Access::Read), "default deny");
+        assert!(
+            !a.allowed(Resource::Node, "n1", Access::Read),
+            "default deny"
+        );
         assert!(!a.allowed(Resource::Operator, "", Access::Read));
     }
 
@@ -372,7 +389,11 @@ mod tests {
         let a = auth("", true);
         assert!(a.allowed(Resource::Key, "x", Access::Write));
         assert!(!a.allowed(Resource::Acl, "", Access::Read));
-        assert!(Authorizer::new(Rules::default(), false, true).allowed(Resource::Acl, "", Access::Write));
+        assert!(Authorizer::new(Rules::default(), false, true).allowed(
+            Resource::Acl,
+            "",
+            Access::Write
+        ));
     }
 
     #[test]

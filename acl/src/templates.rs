@@ -21,7 +21,12 @@ pub enum TemplateError {
 pub fn service_identity_rules(name: &str) -> Rules {
     let mut r = Rules::default();
     r.grant(Resource::Service, name, false, Access::Write);
-    r.grant(Resource::Service, &format!("{name}-sidecar-proxy"), false, Access::Write);
+    r.grant(
+        Resource::Service,
+        &format!("{name}-sidecar-proxy"),
+        false,
+        Access::Write,
+    );
     r.grant(Resource::Service, "", true, Access::Read);
     r.grant(Resource::Node, "", true, Access::Read);
     r
@@ -112,7 +117,13 @@ mod tests {
         assert!(a.allowed(Resource::Service, "db", Access::Read));
         let (rules, text) = template_rules(NODE_TEMPLATE, &json!({"name": "n1"})).unwrap();
         assert_eq!(parse_rules(&text).unwrap(), rules);
-        assert!(matches!(template_rules("builtin/x", &json!({})), Err(TemplateError::Unknown(_))));
-        assert!(matches!(template_rules(SERVICE_TEMPLATE, &json!({})), Err(TemplateError::Missing { .. })));
+        assert!(matches!(
+            template_rules("builtin/x", &json!({})),
+            Err(TemplateError::Unknown(_))
+        ));
+        assert!(matches!(
+            template_rules(SERVICE_TEMPLATE, &json!({})),
+            Err(TemplateError::Missing { .. })
+        ));
     }
 }

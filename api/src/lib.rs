@@ -1,6 +1,7 @@
 //! Shared by every Berth binary: Consul-compatible wire types, command-line and config-file
 //! helpers, and (later) the typed HTTP client.
 
+pub mod acl;
 pub mod agent;
 pub mod catalog;
 pub mod cli;

@@ -166,6 +166,65 @@ pub struct FileConfig {
     pub raft_trailing_logs: Option<u64>,
     pub server_service_name: Option<String>,
     pub tls: Option<TlsSettings>,
+    pub acl: Option<AclSettings>,
+}
+
+/// `acl { ... }` as in Consul's agent configuration.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AclSettings {
+    pub enabled: Option<bool>,
+    pub default_policy: Option<String>,
+    pub enable_token_persistence: Option<bool>,
+    pub tokens: Option<AclTokenSettings>,
+}
+
+#[derive(Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AclTokenSettings {
+    /// Consul's older name, `master`, is accepted too.
+    #[serde(alias = "master")]
+    pub initial_management: Option<String>,
+    pub agent: Option<String>,
+    pub default: Option<String>,
+}
+
+impl std::fmt::Debug for AclTokenSettings {
+    // Secrets never reach logs or debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |o: &Option<String>| if o.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("AclTokenSettings")
+            .field("initial_management", &set(&self.initial_management))
+            .field("agent", &set(&self.agent))
+            .field("default", &set(&self.default))
+            .finish()
+    }
+}
+
+/// The resolved ACL configuration.
+#[derive(Clone, Default, PartialEq)]
+pub struct AclConfig {
+    pub enabled: bool,
+    /// `default_policy = "allow"`.
+    pub default_allow: bool,
+    pub token_persistence: bool,
+    pub initial_management: Option<String>,
+    pub agent_token: Option<String>,
+    pub default_token: Option<String>,
+}
+
+impl std::fmt::Debug for AclConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclConfig")
+            .field("enabled", &self.enabled)
+            .field("default_allow", &self.default_allow)
+            .field("token_persistence", &self.token_persistence)
+            .field(
+                "initial_management",
+                &self.initial_management.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
 }
 
 impl FileConfig {
@@ -191,6 +250,24 @@ impl FileConfig {
             raft_trailing_logs: other.raft_trailing_logs.or(self.raft_trailing_logs),
             server_service_name: other.server_service_name.or(self.server_service_name),
             tls: other.tls.or(self.tls),
+            acl: match (self.acl, other.acl) {
+                (Some(a), Some(b)) => Some(AclSettings {
+                    enabled: b.enabled.or(a.enabled),
+                    default_policy: b.default_policy.or(a.default_policy),
+                    enable_token_persistence: b
+                        .enable_token_persistence
+                        .or(a.enable_token_persistence),
+                    tokens: match (a.tokens, b.tokens) {
+                        (Some(x), Some(y)) => Some(AclTokenSettings {
+                            initial_management: y.initial_management.or(x.initial_management),
+                            agent: y.agent.or(x.agent),
+                            default: y.default.or(x.default),
+                        }),
+                        (x, y) => y.or(x),
+                    },
+                }),
+                (a, b) => b.or(a),
+            },
         }
     }
 
@@ -213,6 +290,7 @@ impl FileConfig {
             raft_trailing_logs: f.raft_trailing_logs,
             server_service_name: f.server_service_name.clone(),
             tls: None,
+            acl: None,
         }
     }
 }
@@ -291,6 +369,24 @@ pub fn from_env(env: &HashMap<String, String>) -> Result<FileConfig, ConfigError
         raft_trailing_logs: parse(env, "BERTH_RAFT_TRAILING_LOGS", "a whole number")?,
         server_service_name: s("BERTH_SERVER_SERVICE_NAME"),
         tls,
+        acl: {
+            let tokens = AclTokenSettings {
+                initial_management: s("BERTH_ACL_INITIAL_MANAGEMENT_TOKEN"),
+                agent: s("BERTH_ACL_AGENT_TOKEN"),
+                default: s("BERTH_ACL_DEFAULT_TOKEN"),
+            };
+            let a = AclSettings {
+                enabled: parse(env, "BERTH_ACL_ENABLED", "true or false")?,
+                default_policy: s("BERTH_ACL_DEFAULT_POLICY"),
+                enable_token_persistence: parse(
+                    env,
+                    "BERTH_ACL_ENABLE_TOKEN_PERSISTENCE",
+                    "true or false",
+                )?,
+                tokens: (tokens != AclTokenSettings::default()).then_some(tokens),
+            };
+            (a != AclSettings::default()).then_some(a)
+        },
     })
 }
 
@@ -330,6 +426,7 @@ pub struct Config {
     pub trailing_logs: u64,
     pub server_service_name: String,
     pub tls: TlsSettings,
+    pub acl: AclConfig,
 }
 
 fn addr(key: &'static str, v: &str) -> Result<Option<SocketAddr>, ConfigError> {
@@ -453,6 +550,28 @@ pub fn resolve(
             message: format!("expected letters, digits, '-' or '_', got {server_service_name:?}"),
         });
     }
+    let acl = {
+        let a = m.acl.unwrap_or_default();
+        let default_allow = match a.default_policy.as_deref().unwrap_or("allow") {
+            "allow" => true,
+            "deny" => false,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "acl.default_policy",
+                    message: format!("expected \"allow\" or \"deny\", got {other:?}"),
+                });
+            }
+        };
+        let tokens = a.tokens.unwrap_or_default();
+        AclConfig {
+            enabled: a.enabled.unwrap_or(false),
+            default_allow,
+            token_persistence: a.enable_token_persistence.unwrap_or(false),
+            initial_management: tokens.initial_management.filter(|t| !t.is_empty()),
+            agent_token: tokens.agent.filter(|t| !t.is_empty()),
+            default_token: tokens.default.filter(|t| !t.is_empty()),
+        }
+    };
     let snapshot_threshold = m.raft_snapshot_threshold.unwrap_or(8192);
     if snapshot_threshold == 0 {
         return Err(ConfigError::Invalid {
@@ -483,6 +602,7 @@ pub fn resolve(
         trailing_logs: m.raft_trailing_logs.unwrap_or(2048),
         server_service_name,
         tls,
+        acl,
     })
 }
 

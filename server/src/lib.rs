@@ -4,6 +4,7 @@
 //! storage), `rpc` (the RPC port), `node` (one server), `cluster` (formation and leader
 //! duties), `http` (the Consul-compatible API), `tls`.
 
+pub mod acl;
 pub mod cluster;
 pub mod config;
 pub mod http;
@@ -218,6 +219,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     tokio::spawn(cluster::discovery_loop(node.clone()));
     tokio::spawn(cluster::session_ttl_loop(node.clone()));
     tokio::spawn(cluster::server_catalog_loop(node.clone()));
+    tokio::spawn(acl::acl_leader_loop(node.clone()));
     tracing::info!(
         node = %cfg.node_name,
         id = %uuid,

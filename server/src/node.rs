@@ -51,6 +51,10 @@ pub struct Node {
     pub router: OnceLock<axum::Router>,
     /// This server's own agent (services and checks registered on its node).
     pub agent: OnceLock<Arc<berth_agent::Agent>>,
+    /// Resolved tokens, invalidated by the ACL table's index.
+    pub acl_cache: crate::acl::Cache,
+    /// Tokens set through `/v1/agent/token/<kind>` (and read back from `acl-tokens.json`).
+    pub agent_tokens: Mutex<HashMap<String, String>>,
     /// Notified by `PUT /v1/agent/leave`: the process shuts down.
     pub leave: Arc<tokio::sync::Notify>,
     /// Set by the binary: re-reads the configuration (`PUT /v1/agent/reload`, SIGHUP).
@@ -169,6 +173,7 @@ impl Node {
         store: Arc<Store>,
         clients: Arc<Clients>,
     ) -> Self {
+        let tokens = crate::acl::persisted_tokens(&cfg);
         let (batch_tx, batch_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batcher(raft.clone(), batch_rx));
         let mut peers = BTreeMap::new();
@@ -190,6 +195,8 @@ impl Node {
             last_leader_contact: Mutex::new(None),
             router: OnceLock::new(),
             agent: OnceLock::new(),
+            acl_cache: crate::acl::Cache::default(),
+            agent_tokens: Mutex::new(tokens),
             leave: Arc::new(tokio::sync::Notify::new()),
             reload: OnceLock::new(),
             membership_change: tokio::sync::Mutex::new(()),

@@ -25,9 +25,10 @@ def _free_port() -> int:
 HTTP_PORT = 8500
 
 
-def _start_berth():
+def _start_berth(extra_args=(), token=None):
     binary = os.environ["BERTH_SERVER_BIN"]
     http, rpc = HTTP_PORT, _free_port()
+    headers = {"X-Consul-Token": token} if token else {}
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -35,7 +36,8 @@ def _start_berth():
         except OSError as e:
             raise RuntimeError(f"127.0.0.1:{http} is in use; py-consul's tests need it for berth-server: {e}") from e
     proc = subprocess.Popen(
-        [binary, "-dev", "-http-addr", f"127.0.0.1:{http}", "-rpc-addr", f"127.0.0.1:{rpc}", "-log-level", "warn"],
+        [binary, "-dev", "-http-addr", f"127.0.0.1:{http}", "-rpc-addr", f"127.0.0.1:{rpc}", "-log-level", "warn",
+         *extra_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -45,9 +47,11 @@ def _start_berth():
             r = requests.get(f"http://127.0.0.1:{http}/v1/status/leader", timeout=1)
             # Ready once a leader exists and has registered this server in the catalog, as
             # py-consul's own fixture waits for Consul to answer catalog reads.
-            nodes = requests.get(f"http://127.0.0.1:{http}/v1/catalog/nodes", timeout=1)
+            nodes = requests.get(f"http://127.0.0.1:{http}/v1/catalog/nodes", headers=headers, timeout=1)
             if r.status_code == 200 and r.json() and nodes.status_code == 200 and nodes.json():
-                version = requests.get(f"http://127.0.0.1:{http}/v1/agent/self", timeout=2).json()["Config"]["Version"]
+                version = requests.get(f"http://127.0.0.1:{http}/v1/agent/self", headers=headers, timeout=2).json()[
+                    "Config"
+                ]["Version"]
                 return proc, http, version
         except requests.RequestException:
             pass
@@ -91,8 +95,19 @@ def consul_instance():
 
 
 @pytest.fixture
-def acl_consul_instance():
-    pytest.skip("ACLs arrive with the ACL issue; no selected file uses this fixture yet")
+def acl_consul_instance(tmp_path):
+    # As py-consul's own fixture configures Consul: ACLs on, default deny, a known
+    # initial management token.
+    token = str(uuid.uuid4())
+    config = tmp_path / "acl.hcl"
+    config.write_text(
+        'acl {\n  enabled = true\n  default_policy = "deny"\n'
+        f'  tokens {{\n    initial_management = "{token}"\n  }}\n}}\n'
+    )
+    proc, port, version = _start_berth(["-config-file", str(config)], token=token)
+    yield ConsulInstance(proc, port, version), token
+    proc.kill()
+    proc.wait()
 
 
 @pytest.fixture

@@ -135,8 +135,22 @@ pub async fn monitor(RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// Agent tokens exist only with ACLs, which this server does not have enabled.
-pub async fn token(Path(kind): Path<String>) -> Result<Response, ApiError> {
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TokenBody {
+    #[serde(default)]
+    token: String,
+}
+
+/// Sets one of the agent's own tokens (`default`, `agent`, ...). Needs `agent:write` on this
+/// node; kept in memory, and with `enable_token_persistence` in `acl-tokens.json` (0600) in
+/// the data dir, read back at start.
+pub async fn token(
+    State(node): State<Arc<Node>>,
+    axum::Extension(id): axum::Extension<Arc<berth_acl::Identity>>,
+    Path(kind): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     const KINDS: &[&str] = &[
         "default",
         "agent",
@@ -149,8 +163,20 @@ pub async fn token(Path(kind): Path<String>) -> Result<Response, ApiError> {
     if !KINDS.contains(&kind.as_str()) {
         return Err(ApiError::not_found(format!("Token {kind:?} is unknown")));
     }
-    Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "ACL support disabled",
-    ))
+    if !node.cfg.acl.enabled {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "ACL support disabled",
+        ));
+    }
+    id.check(
+        berth_acl::Resource::Agent,
+        &node.cfg.node_name,
+        berth_acl::Access::Write,
+    )
+    .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    let b: TokenBody = super::decode_body(&body)?;
+    node.set_agent_token(&kind, b.token)
+        .map_err(|e| ApiError::internal(format!("cannot persist the token: {e}")))?;
+    Ok(StatusCode::OK.into_response())
 }

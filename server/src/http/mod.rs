@@ -4,6 +4,7 @@
 //! reads) to it over the RPC port, where it runs through this same router; `/v1/agent/*`,
 //! `/v1/status/*` and `?stale` reads are answered locally.
 
+mod acl;
 mod agent_host;
 mod catalog;
 mod health;
@@ -89,13 +90,109 @@ pub fn router(node: Arc<Node>, agent: Arc<berth_agent::Agent>) -> Router {
         .route("/v1/session/list", get(session::list))
         .route("/v1/session/node/{node}", get(session::node))
         .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/login", put(acl::login).post(acl::login))
+        .route("/v1/acl/logout", put(acl::logout).post(acl::logout))
+        .route("/v1/acl/token", put(acl::token_create))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route(
+            "/v1/acl/token/{id}",
+            get(acl::token_read)
+                .put(acl::token_update)
+                .delete(acl::token_delete),
+        )
+        .route("/v1/acl/token/{id}/clone", put(acl::token_clone))
+        .route("/v1/acl/tokens", get(acl::token_list))
+        .route("/v1/acl/policy", put(acl::policy_create))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::policy_read)
+                .put(acl::policy_update)
+                .delete(acl::policy_delete),
+        )
+        .route("/v1/acl/policy/name/{name}", get(acl::policy_read_by_name))
+        .route("/v1/acl/policies", get(acl::policy_list))
+        .route("/v1/acl/role", put(acl::role_create))
+        .route(
+            "/v1/acl/role/{id}",
+            get(acl::role_read)
+                .put(acl::role_update)
+                .delete(acl::role_delete),
+        )
+        .route("/v1/acl/role/name/{name}", get(acl::role_read_by_name))
+        .route("/v1/acl/roles", get(acl::role_list))
+        .route("/v1/acl/auth-method", put(acl::method_create))
+        .route(
+            "/v1/acl/auth-method/{name}",
+            get(acl::method_read)
+                .put(acl::method_update)
+                .delete(acl::method_delete),
+        )
+        .route("/v1/acl/auth-methods", get(acl::method_list))
+        .route("/v1/acl/binding-rule", put(acl::rule_create))
+        .route(
+            "/v1/acl/binding-rule/{id}",
+            get(acl::rule_read)
+                .put(acl::rule_update)
+                .delete(acl::rule_delete),
+        )
+        .route("/v1/acl/binding-rules", get(acl::rule_list))
+        .route("/v1/acl/templated-policies", get(acl::templated_list))
+        .route(
+            "/v1/acl/templated-policy/name/{*name}",
+            get(acl::templated_read),
+        )
+        .route(
+            "/v1/acl/templated-policy/preview/{*name}",
+            post(acl::templated_preview).put(acl::templated_preview),
+        )
         .with_state(node.clone());
     server_routes
         .route("/", get(root))
         .merge(berth_agent::api::router(agent.clone()))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), resolve_token))
         .layer(middleware::from_fn_with_state(node, route_to_leader))
         .layer(middleware::from_fn_with_state(agent, count_requests))
+}
+
+/// The token of a request: `X-Consul-Token`, `Authorization: Bearer`, or `?token=`.
+fn request_token(req: &Request) -> Option<String> {
+    let h = req.headers();
+    if let Some(t) = h.get("x-consul-token").and_then(|v| v.to_str().ok()) {
+        return Some(t.trim().to_string());
+    }
+    if let Some(t) = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.trim().to_string());
+    }
+    Query::parse(req.uri().query())
+        .get("token")
+        .map(str::to_string)
+}
+
+/// Resolves the request's token into an [`berth_acl::Identity`] for the handlers. An unknown
+/// or expired token is a 403 "ACL not found", except where no token is needed.
+async fn resolve_token(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+    let token = request_token(&req);
+    let path = req.uri().path();
+    let tokenless = path == "/"
+        || path.starts_with("/v1/status/")
+        || path == "/v1/acl/login"
+        || path == "/v1/acl/bootstrap";
+    let identity = match node.identity(token.as_deref()) {
+        Ok(id) => id,
+        Err(_) if tokenless => match node.identity(None) {
+            Ok(id) => id,
+            Err(e) => return ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
+        },
+        Err(e) => return ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
+    };
+    req.extensions_mut().insert(identity);
+    next.run(req).await
 }
 
 /// The endpoint family of a path, for metrics: `/v1/catalog/service`, but `/v1/kv` alone,

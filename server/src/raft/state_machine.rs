@@ -187,6 +187,7 @@ fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<State, String> {
     state.last_applied = meta.last_log_id;
     state.membership = meta.last_membership.clone();
     state.rebuild_catalog_index();
+    state.acl.rebuild_index();
     Ok(state)
 }
 

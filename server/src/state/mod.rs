@@ -4,6 +4,7 @@
 //! Every row carries CreateIndex/ModifyIndex = the Raft log index of the command that wrote it.
 //! `apply` is deterministic: the same commands give the same tables on every server.
 
+pub mod acl;
 mod catalog;
 mod kv;
 mod session;
@@ -28,6 +29,7 @@ pub enum Command {
     /// Several commands committed as one log entry, applied in order.
     Batch(Vec<Command>),
     Catalog(CatalogOp),
+    Acl(acl::AclOp),
 }
 
 /// What applying a command answers the writer.
@@ -52,6 +54,7 @@ pub enum Table {
     Nodes,
     Services,
     Checks,
+    Acl,
 }
 
 /// The replicated tables. Serialized whole into snapshots.
@@ -72,6 +75,8 @@ pub struct State {
     #[serde(skip)]
     pub by_service: BTreeMap<String, std::collections::BTreeSet<(String, String)>>,
     pub table_index: BTreeMap<Table, u64>,
+    #[serde(default)]
+    pub acl: acl::AclTables,
     /// Not replicated: when each key's lock-delay ends, recorded locally when a session that
     /// held it is invalidated (as Consul does), and consulted by the leader before an acquire.
     #[serde(skip)]
@@ -108,6 +113,7 @@ impl State {
             Command::Kv(op) => self.apply_kv(index, op, changes),
             Command::Session(op) => self.apply_session(index, op, changes),
             Command::Catalog(op) => self.apply_catalog(index, op, changes),
+            Command::Acl(op) => self.apply_acl(index, op, changes),
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.iter().map(|c| self.apply(index, c, changes)).collect())
             }

@@ -1,0 +1,57 @@
+//! The resolved identity of a request: whose token it was and what it may do.
+
+use crate::rules::{Access, Authorizer, Resource, Rules};
+
+/// Attached to every request by the server's ACL layer.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub accessor_id: String,
+    pub authz: Authorizer,
+    /// False when ACLs are disabled: everything is allowed and nothing is filtered.
+    pub enforce: bool,
+}
+
+/// A refusal, worded as Consul words it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "Permission denied: token with AccessorID '{accessor}' lacks permission '{permission}'{on}"
+)]
+pub struct Denied {
+    pub accessor: String,
+    pub permission: String,
+    pub on: String,
+}
+
+impl Identity {
+    /// ACLs disabled.
+    pub fn unrestricted() -> Self {
+        Identity {
+            accessor_id: String::new(),
+            authz: Authorizer::new(Rules::default(), true, true),
+            enforce: false,
+        }
+    }
+
+    pub fn can(&self, r: Resource, name: &str, want: Access) -> bool {
+        !self.enforce || self.authz.allowed(r, name, want)
+    }
+
+    pub fn check(&self, r: Resource, name: &str, want: Access) -> Result<(), Denied> {
+        if self.can(r, name, want) {
+            return Ok(());
+        }
+        let named = !matches!(
+            r,
+            Resource::Operator | Resource::Acl | Resource::Mesh | Resource::Keyring
+        );
+        Err(Denied {
+            accessor: self.accessor_id.clone(),
+            permission: Authorizer::permission(r, want),
+            on: if named {
+                format!(" on {name:?}")
+            } else {
+                String::new()
+            },
+        })
+    }
+}
