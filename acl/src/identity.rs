@@ -32,6 +32,15 @@ impl Identity {
         }
     }
 
+    /// Enforced, with no grants at all.
+    pub fn nobody() -> Self {
+        Identity {
+            accessor_id: crate::ANONYMOUS_ACCESSOR.to_string(),
+            authz: Authorizer::new(Rules::default(), false, false),
+            enforce: true,
+        }
+    }
+
     pub fn can(&self, r: Resource, name: &str, want: Access) -> bool {
         !self.enforce || self.authz.allowed(r, name, want)
     }

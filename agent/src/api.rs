@@ -16,7 +16,9 @@ use serde_json::Value;
 use berth_api::agent::{CheckRegistration, CheckUpdate, ServiceRegistration};
 use berth_api::catalog::{CRITICAL, MAINTENANCE, PASSING, WARNING};
 
-use crate::http_util::{ApiError, Query, decode_body, json};
+use berth_acl::{Access, Identity, Resource};
+
+use crate::http_util::{ApiError, Id, Query, decode_body, filtered_by_acls, json};
 use crate::local::RegisterError;
 use crate::{Agent, checks};
 
@@ -39,15 +41,21 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/agent/check/deregister/{id}", put(deregister_check))
         .route(
             "/v1/agent/check/pass/{id}",
-            put(|State(a), Path(id), RawQuery(q)| check_mark(a, id, q, PASSING)),
+            put(|State(a), axum::Extension(acl), Path(id), RawQuery(q)| {
+                check_mark(a, acl, id, q, PASSING)
+            }),
         )
         .route(
             "/v1/agent/check/warn/{id}",
-            put(|State(a), Path(id), RawQuery(q)| check_mark(a, id, q, WARNING)),
+            put(|State(a), axum::Extension(acl), Path(id), RawQuery(q)| {
+                check_mark(a, acl, id, q, WARNING)
+            }),
         )
         .route(
             "/v1/agent/check/fail/{id}",
-            put(|State(a), Path(id), RawQuery(q)| check_mark(a, id, q, CRITICAL)),
+            put(|State(a), axum::Extension(acl), Path(id), RawQuery(q)| {
+                check_mark(a, acl, id, q, CRITICAL)
+            }),
         )
         .route("/v1/agent/check/update/{id}", put(check_update))
         .route("/v1/agent/health/service/id/{id}", get(health_by_id))
@@ -92,47 +100,97 @@ fn service_json(agent: &Agent, svc: &berth_api::catalog::AgentService) -> Value 
 
 async fn services(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let filter = Query::parse(raw.as_deref()).filter()?;
     let st = agent.state();
+    let readable = |name: &str| acl.can(Resource::Service, name, Access::Read);
+    let cut = st.services.values().any(|s| !readable(&s.service.service));
     let map: BTreeMap<&String, Value> = st
         .services
         .iter()
+        .filter(|(_, s)| readable(&s.service.service))
         .map(|(id, s)| (id, service_json(&agent, &s.service)))
         .filter(|(_, v)| filter.as_ref().is_none_or(|f| f.matches(v)))
         .collect();
-    Ok(json(&map))
+    Ok(filtered_by_acls(json(&map), cut))
 }
 
 async fn service(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let st = agent.state();
     match st.services.get(&id) {
-        Some(s) => Ok(json(&service_json(&agent, &s.service))),
+        Some(s) => {
+            acl.check(Resource::Service, &s.service.service, Access::Read)?;
+            Ok(json(&service_json(&agent, &s.service)))
+        }
         None => Err(ApiError::not_found(format!("unknown service ID: {id}"))),
     }
 }
 
+/// Write on what a check belongs to: its service, or the node.
+fn check_owner_write(agent: &Agent, acl: &Identity, service_name: &str) -> Result<(), ApiError> {
+    if service_name.is_empty() {
+        acl.check(Resource::Node, &agent.cfg.node.node, Access::Write)?;
+    } else {
+        acl.check(Resource::Service, service_name, Access::Write)?;
+    }
+    Ok(())
+}
+
+fn check_readable(agent: &Agent, acl: &Identity, service_name: &str) -> bool {
+    if service_name.is_empty() {
+        acl.can(Resource::Node, &agent.cfg.node.node, Access::Read)
+    } else {
+        acl.can(Resource::Service, service_name, Access::Read)
+    }
+}
+
+/// The service name of a local service ID, for authorizing writes on it.
+fn local_service_name(agent: &Agent, id: &str) -> Option<String> {
+    agent
+        .state()
+        .services
+        .get(id)
+        .map(|s| s.service.service.clone())
+}
+
+/// The service name a local check belongs to ("" for node checks), if the check exists.
+fn check_service_name(agent: &Agent, id: &str) -> Option<String> {
+    agent
+        .state()
+        .checks
+        .get(id)
+        .map(|c| c.check.service_name.clone())
+}
+
 async fn list_checks(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let filter = Query::parse(raw.as_deref()).filter()?;
     let st = agent.state();
+    let readable =
+        |c: &crate::local::LocalCheck| check_readable(&agent, &acl, &c.check.service_name);
+    let cut = st.checks.values().any(|c| !readable(c));
     let map: BTreeMap<&String, Value> = st
         .checks
         .iter()
+        .filter(|(_, c)| readable(c))
         .map(|(id, c)| (id, serde_json::to_value(&c.check).unwrap_or(Value::Null)))
         .filter(|(_, v)| filter.as_ref().is_none_or(|f| f.matches(v)))
         .collect();
-    Ok(json(&map))
+    Ok(filtered_by_acls(json(&map), cut))
 }
 
 async fn register_service(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -142,6 +200,10 @@ async fn register_service(
     let started = {
         let mut st = agent.state();
         let new = st.build_service(reg)?;
+        acl.check(Resource::Service, &new.service.service, Access::Write)?;
+        if let Some(side) = &new.sidecar {
+            acl.check(Resource::Service, &side.service.service, Access::Write)?;
+        }
         st.add_service(new, None, replace)
     };
     for id in started {
@@ -152,8 +214,12 @@ async fn register_service(
 
 async fn deregister_service(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = local_service_name(&agent, &id) {
+        acl.check(Resource::Service, &name, Access::Write)?;
+    }
     if !agent.state().remove_service(&id) {
         return Err(ApiError::not_found(format!("Unknown service ID \"{id}\"")));
     }
@@ -171,9 +237,13 @@ fn enable_param(q: &Query) -> Result<bool, ApiError> {
 
 async fn service_maintenance(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = local_service_name(&agent, &id) {
+        acl.check(Resource::Service, &name, Access::Write)?;
+    }
     let q = Query::parse(raw.as_deref());
     let enable = enable_param(&q)?;
     let reason = q.get("reason").unwrap_or_default().to_string();
@@ -183,8 +253,10 @@ async fn service_maintenance(
 
 async fn node_maintenance(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    acl.check(Resource::Node, &agent.cfg.node.node, Access::Write)?;
     let q = Query::parse(raw.as_deref());
     let enable = enable_param(&q)?;
     let reason = q.get("reason").unwrap_or_default().to_string();
@@ -194,6 +266,7 @@ async fn node_maintenance(
 
 async fn register_check(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let def: CheckRegistration = decode_body(&body)?;
@@ -203,6 +276,7 @@ async fn register_check(
     let id = {
         let mut st = agent.state();
         let (check, spec) = st.build_check(def, None, "")?;
+        check_owner_write(&agent, &acl, &check.service_name)?;
         st.add_check(check, spec)
     };
     checks::start(&agent, &id);
@@ -211,8 +285,12 @@ async fn register_check(
 
 async fn deregister_check(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = check_service_name(&agent, &id) {
+        check_owner_write(&agent, &acl, &name)?;
+    }
     if !agent.state().remove_check(&id) {
         return Err(ApiError::not_found(format!("Unknown check ID \"{id}\"")));
     }
@@ -221,10 +299,14 @@ async fn deregister_check(
 
 async fn ttl_update(
     agent: &Agent,
+    acl: &Identity,
     id: &str,
     status: &str,
     output: String,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = check_service_name(agent, id) {
+        check_owner_write(agent, acl, &name)?;
+    }
     let changed = agent.state().update_ttl(id, status, output)?;
     if changed {
         Ok(commit(agent).await)
@@ -236,6 +318,7 @@ async fn ttl_update(
 /// `PUT /v1/agent/check/pass|warn|fail/<id>?note=`: the route fixes the status.
 async fn check_mark(
     a: Arc<Agent>,
+    acl: Arc<Identity>,
     id: String,
     raw: Option<String>,
     status: &'static str,
@@ -244,11 +327,12 @@ async fn check_mark(
         .get("note")
         .unwrap_or_default()
         .to_string();
-    ttl_update(&a, &id, status, note).await
+    ttl_update(&a, &acl, &id, status, note).await
 }
 
 async fn check_update(
     State(a): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -259,7 +343,7 @@ async fn check_update(
             u.status
         )));
     }
-    ttl_update(&a, &id, &u.status, u.output).await
+    ttl_update(&a, &acl, &id, &u.status, u.output).await
 }
 
 /// Consul's aggregate: maintenance beats critical beats warning beats passing.
@@ -305,8 +389,12 @@ fn health_code(status: &str) -> StatusCode {
 
 async fn health_by_id(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = local_service_name(&agent, &id) {
+        acl.check(Resource::Service, &name, Access::Read)?;
+    }
     let svc = agent
         .state()
         .services
@@ -325,8 +413,10 @@ async fn health_by_id(
 
 async fn health_by_name(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    acl.check(Resource::Service, &name, Access::Read)?;
     let ids: Vec<(String, Value)> = agent
         .state()
         .services
@@ -351,8 +441,10 @@ async fn health_by_name(
 
 async fn metrics(
     State(agent): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    acl.check(Resource::Agent, &agent.cfg.node.node, Access::Read)?;
     let q = Query::parse(raw.as_deref());
     match q.get("format") {
         None | Some("") => Ok(json(&agent.metrics.render_json())),

@@ -49,6 +49,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<berth_acl::Denied> for ApiError {
+    fn from(e: berth_acl::Denied) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+    }
+}
+
+/// The request's resolved ACL identity (set by the host's ACL layer).
+pub type Id = axum::Extension<std::sync::Arc<berth_acl::Identity>>;
+
+/// Marks an answer whose list the token's ACLs shortened, as Consul does.
+pub fn filtered_by_acls(mut resp: Response, filtered: bool) -> Response {
+    if filtered {
+        resp.headers_mut().insert(
+            "x-consul-results-filtered-by-acls",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
 /// The query string, decoded. Flags such as `?recurse` count by presence, as in Consul.
 #[derive(Debug, Default)]
 pub struct Query(HashMap<String, String>);

@@ -16,7 +16,15 @@ use super::{ApiError, Query};
 use crate::node::Node;
 use crate::state::{CatalogOp, Command};
 
-pub async fn reload(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+pub async fn reload(
+    State(node): State<Arc<Node>>,
+    axum::Extension(acl): super::Id,
+) -> Result<Response, ApiError> {
+    acl.check(
+        berth_acl::Resource::Agent,
+        &node.cfg.node_name,
+        berth_acl::Access::Write,
+    )?;
     match node.reload.get() {
         None => Err(ApiError::internal(
             "this server was not started with a reloadable configuration",
@@ -29,27 +37,47 @@ pub async fn reload(State(node): State<Arc<Node>>) -> Result<Response, ApiError>
 
 /// Leaves the cluster gracefully (out of the Raft configuration when other servers remain),
 /// then stops the process.
-pub async fn leave(State(node): State<Arc<Node>>) -> Response {
+/// `DELETE /v1/operator/raft/peer?id=` through the router, with the caller's token, so that a
+/// follower's request reaches the leader.
+fn remove_peer_request(
+    uuid: &str,
+    token: &super::RequestToken,
+) -> Option<axum::http::Request<Body>> {
+    let mut b = axum::http::Request::delete(format!("/v1/operator/raft/peer?id={uuid}"));
+    if let Some(t) = &token.0 {
+        b = b.header("x-consul-token", t.as_str());
+    }
+    b.body(Body::empty()).ok()
+}
+
+pub async fn leave(
+    State(node): State<Arc<Node>>,
+    axum::Extension(acl): super::Id,
+    axum::Extension(token): axum::Extension<super::RequestToken>,
+) -> Result<Response, ApiError> {
+    acl.check(
+        berth_acl::Resource::Agent,
+        &node.cfg.node_name,
+        berth_acl::Access::Write,
+    )?;
     let others = node
         .metrics()
         .membership_config
         .membership()
         .voter_ids()
         .any(|v| v != node.id);
-    if others {
-        // Through the router, so that a follower's request reaches the leader.
-        let uri = format!("/v1/operator/raft/peer?id={}", node.info.uuid);
-        if let (Some(router), Ok(req)) = (
+    if others
+        && let (Some(router), Some(req)) = (
             node.router.get().cloned(),
-            axum::http::Request::delete(uri).body(Body::empty()),
-        ) {
-            match tokio::time::timeout(Duration::from_secs(10), router.oneshot(req)).await {
-                Ok(Ok(r)) if r.status().is_success() => {
-                    tracing::info!("left the Raft configuration")
-                }
-                other => {
-                    tracing::warn!(result = ?other.map(|r| r.map(|r| r.status())), "could not leave the Raft configuration; stopping anyway")
-                }
+            remove_peer_request(&node.info.uuid, &token),
+        )
+    {
+        match tokio::time::timeout(Duration::from_secs(10), router.oneshot(req)).await {
+            Ok(Ok(r)) if r.status().is_success() => {
+                tracing::info!("left the Raft configuration")
+            }
+            other => {
+                tracing::warn!(result = ?other.map(|r| r.map(|r| r.status())), "could not leave the Raft configuration; stopping anyway")
             }
         }
     }
@@ -59,15 +87,18 @@ pub async fn leave(State(node): State<Arc<Node>>) -> Response {
         tokio::time::sleep(Duration::from_millis(100)).await;
         leave.notify_one();
     });
-    StatusCode::OK.into_response()
+    Ok(StatusCode::OK.into_response())
 }
 
 /// Removes a failed node: a server from Raft (with `?prune`, or when it is not a voter), or a
 /// client node's catalog entry.
 pub async fn force_leave(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): super::Id,
+    axum::Extension(token): axum::Extension<super::RequestToken>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    acl.check(berth_acl::Resource::Operator, "", berth_acl::Access::Write)?;
     let member = node
         .metrics()
         .membership_config
@@ -86,9 +117,8 @@ pub async fn force_leave(
             .get()
             .cloned()
             .ok_or_else(|| ApiError::internal("HTTP API not ready"))?;
-        let req = axum::http::Request::delete(format!("/v1/operator/raft/peer?id={uuid}"))
-            .body(Body::empty())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let req = remove_peer_request(&uuid, &token)
+            .ok_or_else(|| ApiError::internal("cannot build the peer removal request"))?;
         let r = router
             .oneshot(req)
             .await
@@ -113,7 +143,16 @@ pub async fn force_leave(
 }
 
 /// Streams this server's log lines at `?loglevel=` (default info) and above.
-pub async fn monitor(RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub async fn monitor(
+    State(node): State<Arc<Node>>,
+    axum::Extension(acl): super::Id,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    acl.check(
+        berth_acl::Resource::Agent,
+        &node.cfg.node_name,
+        berth_acl::Access::Read,
+    )?;
     let q = Query::parse(raw.as_deref());
     let name = q.value("loglevel").unwrap_or("info");
     let level = crate::logs::parse_level(name)

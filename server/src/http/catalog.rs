@@ -16,7 +16,11 @@ use berth_api::catalog::{
     MAINTENANCE, Node, PASSING, RegisterRequest, WARNING,
 };
 
-use super::{ApiError, Query, ReadOpts, decode_body, json, read, with_meta, write};
+use berth_acl::{Access, Identity, Resource};
+
+use super::{
+    ApiError, Id, Query, ReadOpts, decode_body, filtered_by_acls, json, read, with_meta, write,
+};
 use crate::node::Node as Server;
 use crate::state::watch::WatchTarget;
 use crate::state::{CatalogOp, Command, Registration, Table};
@@ -150,19 +154,70 @@ pub fn registration_from(req: RegisterRequest, datacenter: &str) -> Result<Regis
     })
 }
 
-pub async fn register(State(node): State<Arc<Server>>, body: Bytes) -> Result<Response, ApiError> {
+/// What a registration needs: node write unless the node is left alone, service write on the
+/// service, and write on what each check belongs to.
+fn vet_registration(
+    acl: &Identity,
+    st: &crate::state::State,
+    reg: &Registration,
+) -> Result<(), ApiError> {
+    let node = &reg.node.node;
+    let node_unchanged = st.catalog.get(node).is_some_and(|r| {
+        reg.skip_node_update || (r.node.address == reg.node.address && r.node.meta == reg.node.meta)
+    });
+    if !node_unchanged {
+        acl.check(Resource::Node, node, Access::Write)?;
+    }
+    if let Some(svc) = &reg.service {
+        acl.check(Resource::Service, &svc.service, Access::Write)?;
+    }
+    for c in &reg.checks {
+        if c.service_id.is_empty() {
+            acl.check(Resource::Node, node, Access::Write)?;
+        } else {
+            let name = reg
+                .service
+                .as_ref()
+                .filter(|s| s.id == c.service_id)
+                .map(|s| s.service.clone())
+                .or_else(|| {
+                    st.catalog
+                        .get(node)
+                        .and_then(|r| r.services.get(&c.service_id))
+                        .map(|s| s.service.clone())
+                })
+                .unwrap_or_default();
+            acl.check(Resource::Service, &name, Access::Write)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a row about `service` on `node` is visible to the token.
+pub fn visible(acl: &Identity, node: &str, service: &str) -> bool {
+    acl.can(Resource::Node, node, Access::Read)
+        && (service.is_empty() || acl.can(Resource::Service, service, Access::Read))
+}
+
+pub async fn register(
+    State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: RegisterRequest = decode_body(&body)?;
     let reg = registration_from(req, &node.cfg.datacenter)?;
-    node.store
-        .read()
-        .check_registration(&reg)
-        .map_err(ApiError::bad_request)?;
+    {
+        let st = node.store.read();
+        st.check_registration(&reg).map_err(ApiError::bad_request)?;
+        vet_registration(&acl, &st, &reg)?;
+    }
     write(&node, Command::Catalog(CatalogOp::Register(Box::new(reg)))).await?;
     Ok(json(&true))
 }
 
 pub async fn deregister(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: DeregisterRequest = decode_body(&body)?;
@@ -174,6 +229,34 @@ pub async fn deregister(
             StatusCode::INTERNAL_SERVER_ERROR,
             "No path to datacenter",
         ));
+    }
+    {
+        let st = node.store.read();
+        let rec = st.catalog.get(&req.node);
+        let service_of = |sid: &str| {
+            rec.and_then(|r| r.services.get(sid))
+                .map(|s| s.service.clone())
+                .unwrap_or_default()
+        };
+        if !req.service_id.is_empty() {
+            acl.check(
+                Resource::Service,
+                &service_of(&req.service_id),
+                Access::Write,
+            )?;
+        } else if !req.check_id.is_empty() {
+            let sid = rec
+                .and_then(|r| r.checks.get(&req.check_id))
+                .map(|c| c.service_id.clone())
+                .unwrap_or_default();
+            if sid.is_empty() {
+                acl.check(Resource::Node, &req.node, Access::Write)?;
+            } else {
+                acl.check(Resource::Service, &service_of(&sid), Access::Write)?;
+            }
+        } else {
+            acl.check(Resource::Node, &req.node, Access::Write)?;
+        }
     }
     let op = CatalogOp::Deregister {
         node: req.node,
@@ -198,6 +281,7 @@ fn node_meta_matches(q: &Query, n: &Node) -> bool {
 
 pub async fn nodes(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref());
@@ -213,12 +297,21 @@ pub async fn nodes(
         (s.max_index(&[Table::Nodes]), list)
     })
     .await?;
+    let before = list.len();
+    list.retain(|n| acl.can(Resource::Node, &n.node, Access::Read));
+    let cut = list.len() < before;
     retain(filter.as_ref(), &mut list);
-    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        idx,
+        filtered_by_acls(json(&list), cut),
+    ))
 }
 
 pub async fn services(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = Query::parse(raw.as_deref());
@@ -246,7 +339,16 @@ pub async fn services(
         (s.max_index(&[Table::Services]), map)
     })
     .await?;
-    Ok(with_meta(&node, opts.mode, idx, json(&map)))
+    let mut map = map;
+    let before = map.len();
+    map.retain(|name, _| acl.can(Resource::Service, name, Access::Read));
+    let cut = map.len() < before;
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        idx,
+        filtered_by_acls(json(&map), cut),
+    ))
 }
 
 pub fn catalog_row(n: &Node, s: &AgentService) -> CatalogService {
@@ -276,6 +378,7 @@ pub fn catalog_row(n: &Node, s: &AgentService) -> CatalogService {
 
 pub async fn service(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -297,13 +400,18 @@ pub async fn service(
         (s.service_read_index(&name), rows)
     })
     .await?;
+    let before = rows.len();
+    rows.retain(|r| visible(&acl, &r.node, &r.service_name));
+    let cut = rows.len() < before;
     retain(filter.as_ref(), &mut rows);
-    Ok(with_meta(&node, opts.mode, idx, json(&rows)))
+    let rows = filtered_by_acls(json(&rows), cut);
+    Ok(with_meta(&node, opts.mode, idx, rows))
 }
 
 /// Proxies and native instances that carry mesh traffic for a service.
 pub async fn connect(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -318,12 +426,17 @@ pub async fn connect(
         (s.max_index(&[Table::Services, Table::Nodes]), rows)
     })
     .await?;
+    let before = rows.len();
+    rows.retain(|r| visible(&acl, &r.node, &r.service_name));
+    let cut = rows.len() < before;
     retain(filter.as_ref(), &mut rows);
-    Ok(with_meta(&node, opts.mode, idx, json(&rows)))
+    let rows = filtered_by_acls(json(&rows), cut);
+    Ok(with_meta(&node, opts.mode, idx, rows))
 }
 
 async fn node_view(
     node: Arc<Server>,
+    acl: Arc<Identity>,
     name: String,
     raw: Option<String>,
     as_map: bool,
@@ -332,20 +445,25 @@ async fn node_view(
     let opts = ReadOpts::parse(&q)?;
     let filter = q.filter()?;
     let (idx, found) = read(&node, &opts, WatchTarget::Node(name.clone()), |s| {
-        let found = s.catalog.get(&name).map(|r| {
-            // The filter applies to each service of the node, not to the node itself.
-            let kept = r
-                .services
-                .iter()
-                .filter(|(_, svc)| filter.as_ref().is_none_or(|f| f.matches_row(svc)));
-            let services: Value = if as_map {
-                serde_json::to_value(kept.collect::<BTreeMap<_, _>>()).unwrap_or(Value::Null)
-            } else {
-                serde_json::to_value(kept.map(|(_, v)| v).collect::<Vec<_>>())
-                    .unwrap_or(Value::Null)
-            };
-            serde_json::json!({ "Node": r.node, "Services": services })
-        });
+        let found = s
+            .catalog
+            .get(&name)
+            .filter(|_| acl.can(Resource::Node, &name, Access::Read))
+            .map(|r| {
+                // The filter applies to each service of the node, not to the node itself.
+                let kept = r
+                    .services
+                    .iter()
+                    .filter(|(_, svc)| acl.can(Resource::Service, &svc.service, Access::Read))
+                    .filter(|(_, svc)| filter.as_ref().is_none_or(|f| f.matches_row(svc)));
+                let services: Value = if as_map {
+                    serde_json::to_value(kept.collect::<BTreeMap<_, _>>()).unwrap_or(Value::Null)
+                } else {
+                    serde_json::to_value(kept.map(|(_, v)| v).collect::<Vec<_>>())
+                        .unwrap_or(Value::Null)
+                };
+                serde_json::json!({ "Node": r.node, "Services": services })
+            });
         (s.max_index(&[Table::Nodes, Table::Services]), found)
     })
     .await?;
@@ -362,18 +480,20 @@ async fn node_view(
 
 pub async fn node(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    node_view(node, name, raw, true).await
+    node_view(node, acl, name, raw, true).await
 }
 
 pub async fn node_services(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    node_view(node, name, raw, false).await
+    node_view(node, acl, name, raw, false).await
 }
 
 #[cfg(test)]

@@ -8,7 +8,10 @@ use axum::response::Response;
 use berth_api::catalog::{CRITICAL, HealthCheck, PASSING, ServiceEntry, WARNING};
 use berth_api::filter::retain;
 
-use super::{ApiError, Query, ReadOpts, json, read, with_meta};
+use berth_acl::Identity;
+
+use super::catalog::visible;
+use super::{ApiError, Id, Query, ReadOpts, filtered_by_acls, json, read, with_meta};
 use crate::node::Node as Server;
 use crate::state::watch::WatchTarget;
 use crate::state::{State as Tables, Table};
@@ -74,6 +77,7 @@ pub fn connect_instances<'a>(
 
 async fn service_entries(
     node: Arc<Server>,
+    acl: Arc<Identity>,
     name: String,
     raw: Option<String>,
     connect: bool,
@@ -96,28 +100,39 @@ async fn service_entries(
         (idx, entries(s, &name, &q, connect))
     })
     .await?;
+    let before = list.len();
+    list.retain(|e| visible(&acl, &e.node.node, &e.service.service));
+    let cut = list.len() < before;
     retain(filter.as_ref(), &mut list);
-    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        idx,
+        filtered_by_acls(json(&list), cut),
+    ))
 }
 
 pub async fn service(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    service_entries(node, name, raw, false).await
+    service_entries(node, acl, name, raw, false).await
 }
 
 pub async fn connect(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    service_entries(node, name, raw, true).await
+    service_entries(node, acl, name, raw, true).await
 }
 
 pub async fn checks(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -141,12 +156,21 @@ pub async fn checks(
         (s.service_read_index(&name), list)
     })
     .await?;
+    let before = list.len();
+    list.retain(|c| visible(&acl, &c.node, &c.service_name));
+    let cut = list.len() < before;
     retain(filter.as_ref(), &mut list);
-    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        idx,
+        filtered_by_acls(json(&list), cut),
+    ))
 }
 
 pub async fn node(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -162,12 +186,21 @@ pub async fn node(
         (s.max_index(&[Table::Nodes, Table::Checks]), list)
     })
     .await?;
+    let before = list.len();
+    list.retain(|c| visible(&acl, &c.node, &c.service_name));
+    let cut = list.len() < before;
     retain(filter.as_ref(), &mut list);
-    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        idx,
+        filtered_by_acls(json(&list), cut),
+    ))
 }
 
 pub async fn state(
     State(node): State<Arc<Server>>,
+    axum::Extension(acl): Id,
     Path(wanted): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -190,6 +223,14 @@ pub async fn state(
         (s.max_index(&[Table::Checks]), list)
     })
     .await?;
+    let before = list.len();
+    list.retain(|c| visible(&acl, &c.node, &c.service_name));
+    let cut = list.len() < before;
     retain(filter.as_ref(), &mut list);
-    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        idx,
+        filtered_by_acls(json(&list), cut),
+    ))
 }

@@ -11,7 +11,9 @@ use base64::Engine;
 
 use berth_api::types::{KvPair, MAX_KV_VALUE};
 
-use super::{ApiError, Query, ReadOpts, json, read, with_meta, write};
+use berth_acl::{Access, Resource};
+
+use super::{ApiError, Id, Query, ReadOpts, filtered_by_acls, json, read, with_meta, write};
 use crate::node::Node;
 use crate::state::watch::WatchTarget;
 use crate::state::{Command, CommandResult, KvEntry, KvOp};
@@ -29,24 +31,30 @@ fn pair(key: &str, e: &KvEntry) -> KvPair {
     }
 }
 
-pub async fn get_root(node: State<Arc<Node>>, q: RawQuery) -> Result<Response, ApiError> {
-    get(node, Path(String::new()), q).await
+pub async fn get_root(node: State<Arc<Node>>, id: Id, q: RawQuery) -> Result<Response, ApiError> {
+    get(node, id, Path(String::new()), q).await
 }
 
 pub async fn put_root(
     node: State<Arc<Node>>,
+    id: Id,
     q: RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    put(node, Path(String::new()), q, body).await
+    put(node, id, Path(String::new()), q, body).await
 }
 
-pub async fn delete_root(node: State<Arc<Node>>, q: RawQuery) -> Result<Response, ApiError> {
-    delete(node, Path(String::new()), q).await
+pub async fn delete_root(
+    node: State<Arc<Node>>,
+    id: Id,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    delete(node, id, Path(String::new()), q).await
 }
 
 pub async fn get(
     State(node): State<Arc<Node>>,
+    axum::Extension(id): Id,
     Path(key): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -54,17 +62,20 @@ pub async fn get(
     let opts = ReadOpts::parse(&q)?;
     if q.has("keys") {
         let sep = q.get("separator").map(str::to_string);
-        let (idx, keys) = read(&node, &opts, WatchTarget::Prefix(key.clone()), |s| {
+        let (idx, mut keys) = read(&node, &opts, WatchTarget::Prefix(key.clone()), |s| {
             s.kv_keys(&key, sep.as_deref())
         })
         .await?;
+        let before = keys.len();
+        keys.retain(|k| id.can(Resource::Key, k, Access::Read));
         if keys.is_empty() {
             return Ok(with_meta(&node, opts.mode, idx, StatusCode::NOT_FOUND));
         }
-        return Ok(with_meta(&node, opts.mode, idx, json(&keys)));
+        let resp = filtered_by_acls(json(&keys), keys.len() < before);
+        return Ok(with_meta(&node, opts.mode, idx, resp));
     }
     if q.has("recurse") {
-        let (idx, pairs) = read(&node, &opts, WatchTarget::Prefix(key.clone()), |s| {
+        let (idx, mut pairs) = read(&node, &opts, WatchTarget::Prefix(key.clone()), |s| {
             let (idx, entries) = s.kv_list(&key);
             (
                 idx,
@@ -75,11 +86,15 @@ pub async fn get(
             )
         })
         .await?;
+        let before = pairs.len();
+        pairs.retain(|p| id.can(Resource::Key, &p.key, Access::Read));
         if pairs.is_empty() {
             return Ok(with_meta(&node, opts.mode, idx, StatusCode::NOT_FOUND));
         }
-        return Ok(with_meta(&node, opts.mode, idx, json(&pairs)));
+        let resp = filtered_by_acls(json(&pairs), pairs.len() < before);
+        return Ok(with_meta(&node, opts.mode, idx, resp));
     }
+    id.check(Resource::Key, &key, Access::Read)?;
     let (idx, entry) = read(&node, &opts, WatchTarget::Key(key.clone()), |s| {
         let (idx, e) = s.kv_get(&key);
         (idx, e.cloned())
@@ -102,6 +117,7 @@ pub async fn get(
 
 pub async fn put(
     State(node): State<Arc<Node>>,
+    axum::Extension(id): Id,
     Path(key): Path<String>,
     RawQuery(raw): RawQuery,
     body: Bytes,
@@ -110,6 +126,7 @@ pub async fn put(
     if key.is_empty() {
         return Err(ApiError::bad_request("Missing key name"));
     }
+    id.check(Resource::Key, &key, Access::Write)?;
     let flags = q.num("flags", "flags")?.unwrap_or(0);
     let cas = q.num("cas", "cas index")?;
     let acquire = q.value("acquire").map(str::to_string);
@@ -147,6 +164,7 @@ pub async fn put(
 
 pub async fn delete(
     State(node): State<Arc<Node>>,
+    axum::Extension(id): Id,
     Path(key): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -154,6 +172,15 @@ pub async fn delete(
     let recurse = q.has("recurse");
     if key.is_empty() && !recurse {
         return Err(ApiError::bad_request("Missing key name"));
+    }
+    // A recursive delete needs write on the prefix itself, and on every key it would remove.
+    id.check(Resource::Key, &key, Access::Write)?;
+    if recurse {
+        let st = node.store.read();
+        let (_, entries) = st.kv_list(&key);
+        for (k, _) in &entries {
+            id.check(Resource::Key, k, Access::Write)?;
+        }
     }
     let cas = q.num("cas", "cas index")?;
     let (_, res) = write(&node, Command::Kv(KvOp::Delete { key, recurse, cas })).await?;

@@ -156,6 +156,10 @@ pub fn router(node: Arc<Node>, agent: Arc<berth_agent::Agent>) -> Router {
         .layer(middleware::from_fn_with_state(agent, count_requests))
 }
 
+/// The caller's token, for requests a handler makes on its behalf.
+#[derive(Clone)]
+pub struct RequestToken(pub Option<String>);
+
 /// The token of a request: `X-Consul-Token`, `Authorization: Bearer`, or `?token=`.
 fn request_token(req: &Request) -> Option<String> {
     let h = req.headers();
@@ -185,13 +189,15 @@ async fn resolve_token(State(node): State<Arc<Node>>, mut req: Request, next: Ne
         || path == "/v1/acl/bootstrap";
     let identity = match node.identity(token.as_deref()) {
         Ok(id) => id,
-        Err(_) if tokenless => match node.identity(None) {
-            Ok(id) => id,
-            Err(e) => return ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
-        },
+        // These paths decide for themselves; before the anonymous token exists (a new
+        // cluster), they see an identity that may do nothing.
+        Err(_) if tokenless => node
+            .identity(None)
+            .unwrap_or_else(|_| Arc::new(berth_acl::Identity::nobody())),
         Err(e) => return ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
     };
     req.extensions_mut().insert(identity);
+    req.extensions_mut().insert(RequestToken(token));
     next.run(req).await
 }
 
@@ -243,7 +249,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     .into_response()
 }
 
-pub use berth_agent::http_util::{ApiError, Query, decode_body, json};
+pub use berth_agent::http_util::{ApiError, Id, Query, decode_body, filtered_by_acls, json};
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {

@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use berth_api::types::{ServiceCheck, SessionBehavior, SessionEntry};
 
-use super::{ApiError, Query, ReadOpts, json, read, with_meta, write};
+use berth_acl::{Access, Resource};
+
+use super::{ApiError, Id, Query, ReadOpts, filtered_by_acls, json, read, with_meta, write};
 use crate::cluster::reset_session_timer;
 use crate::node::Node;
 use crate::state::watch::WatchTarget;
@@ -157,8 +159,13 @@ fn parse_create(body: &[u8], default_node: &str) -> Result<Session, ApiError> {
     })
 }
 
-pub async fn create(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let mut s = parse_create(&body, &node.cfg.node_name)?;
+    acl.check(Resource::Session, &s.node, Access::Write)?;
     // A session belongs to a node of the catalog. The servers count from the moment they run,
     // before the leader has written their own registration.
     let known = node.store.read().catalog.contains_key(&s.node)
@@ -187,16 +194,26 @@ pub async fn create(State(node): State<Arc<Node>>, body: Bytes) -> Result<Respon
     Ok(json(&serde_json::json!({ "ID": id })))
 }
 
+/// Session writes are authorized on the session's node, as in Consul.
+fn session_node(node: &Node, id: &str) -> Option<String> {
+    node.store.read().session_get(id).1.map(|s| s.node.clone())
+}
+
 pub async fn destroy(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(n) = session_node(&node, &id) {
+        acl.check(Resource::Session, &n, Access::Write)?;
+    }
     write(&node, Command::Session(SessionOp::Destroy { id })).await?;
     Ok(json(&true))
 }
 
 pub async fn info(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -206,6 +223,8 @@ pub async fn info(
         (i, s.map(entry))
     })
     .await?;
+    // A session the token may not read is reported as absent.
+    let s = s.filter(|s| acl.can(Resource::Session, &s.node, Access::Read));
     Ok(match s {
         Some(s) => with_meta(&node, opts.mode, idx, json(&[s])),
         None => with_meta(
@@ -219,37 +238,47 @@ pub async fn info(
 
 async fn list_for(
     node: Arc<Node>,
+    acl: Arc<berth_acl::Identity>,
     raw: Option<String>,
     on: Option<String>,
 ) -> Result<Response, ApiError> {
     let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
-    let (idx, list) = read(&node, &opts, WatchTarget::Table(Table::Sessions), |st| {
+    let (idx, mut list) = read(&node, &opts, WatchTarget::Table(Table::Sessions), |st| {
         let (i, l) = st.session_list(on.as_deref());
         (i, l.into_iter().map(entry).collect::<Vec<_>>())
     })
     .await?;
-    Ok(with_meta(&node, opts.mode, idx, json(&list)))
+    let before = list.len();
+    list.retain(|s| acl.can(Resource::Session, &s.node, Access::Read));
+    let resp = filtered_by_acls(json(&list), list.len() < before);
+    Ok(with_meta(&node, opts.mode, idx, resp))
 }
 
 pub async fn list(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    list_for(node, raw, None).await
+    list_for(node, acl, raw, None).await
 }
 
 pub async fn node(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    list_for(node, raw, Some(name)).await
+    list_for(node, acl, raw, Some(name)).await
 }
 
 pub async fn renew(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(n) = session_node(&node, &id) {
+        acl.check(Resource::Session, &n, Access::Write)?;
+    }
     let s = node.store.read().session_get(&id).1.map(entry);
     let Some(s) = s else {
         return Err(ApiError::new(

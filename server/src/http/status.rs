@@ -11,7 +11,9 @@ use serde_json::json as j;
 
 use berth_api::types::{AgentMember, MEMBER_ALIVE, MEMBER_FAILED, RaftConfiguration, RaftServer};
 
-use super::{ApiError, Mode, Query, ReadOpts, json, with_meta};
+use berth_acl::{Access, Resource};
+
+use super::{ApiError, Id, Mode, Query, ReadOpts, filtered_by_acls, json, with_meta};
 use crate::node::Node;
 use crate::raft::types::NodeInfo;
 
@@ -36,8 +38,10 @@ pub async fn peers(State(node): State<Arc<Node>>) -> Response {
 
 pub async fn raft_configuration(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    acl.check(Resource::Operator, "", Access::Read)?;
     let opts = ReadOpts::parse(&Query::parse(raw.as_deref()))?;
     if opts.mode == Mode::Consistent {
         node.linearize().await?;
@@ -87,8 +91,10 @@ fn find_server(
 
 pub async fn remove_peer(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    acl.check(Resource::Operator, "", Access::Write)?;
     let q = Query::parse(raw.as_deref());
     let (id, info) = find_server(&node, q.value("id"), q.value("address"))?;
     node.remove_server(id).await?;
@@ -98,8 +104,10 @@ pub async fn remove_peer(
 
 pub async fn transfer_leader(
     State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    acl.check(Resource::Operator, "", Access::Write)?;
     let q = Query::parse(raw.as_deref());
     let target = match q.value("id") {
         Some(uuid) => find_server(&node, Some(uuid), None)?.0,
@@ -148,7 +156,11 @@ fn member_of(node: &Node, info: &NodeInfo, status: u8) -> AgentMember {
     }
 }
 
-pub async fn members(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> Response {
+pub async fn members(
+    State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
+    RawQuery(raw): RawQuery,
+) -> Response {
     // The WAN pool holds only servers, named `<node>.<datacenter>`.
     let wan = Query::parse(raw.as_deref()).has("wan");
     let peers: Vec<_> = node
@@ -174,10 +186,25 @@ pub async fn members(State(node): State<Arc<Node>>, RawQuery(raw): RawQuery) -> 
             m
         })
         .collect();
-    json(&list)
+    let before = list.len();
+    let list: Vec<AgentMember> = list
+        .into_iter()
+        .filter(|m| {
+            acl.can(
+                Resource::Node,
+                m.name.split('.').next().unwrap_or_default(),
+                Access::Read,
+            )
+        })
+        .collect();
+    filtered_by_acls(json(&list), list.len() < before)
 }
 
-pub async fn agent_self(State(node): State<Arc<Node>>) -> Response {
+pub async fn agent_self(
+    State(node): State<Arc<Node>>,
+    axum::Extension(acl): Id,
+) -> Result<Response, ApiError> {
+    acl.check(Resource::Agent, &node.cfg.node_name, Access::Read)?;
     let m = node.metrics();
     let state = format!("{:?}", m.state);
     let raft = j!({
@@ -190,7 +217,7 @@ pub async fn agent_self(State(node): State<Arc<Node>>) -> Response {
         "num_peers": m.membership_config.membership().voter_ids().filter(|v| *v != node.id).count().to_string(),
         "leader_addr": node.leader().map(|(_, n)| n.rpc_addr).unwrap_or_default(),
     });
-    json(&j!({
+    Ok(json(&j!({
         "Config": {
             "Datacenter": node.cfg.datacenter,
             "PrimaryDatacenter": node.cfg.datacenter,
@@ -218,7 +245,7 @@ pub async fn agent_self(State(node): State<Arc<Node>>) -> Response {
         // Berth has no network coordinates (no Serf); Consul's shape with a zero vector.
         "Coord": {"Vec": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5},
         "DebugConfig": debug_config(&node),
-    }))
+    })))
 }
 
 /// The resolved configuration, without secrets (Berth's config holds only file paths).
