@@ -156,6 +156,11 @@ pub fn router(node: Arc<Node>, agent: Arc<berth_agent::Agent>) -> Router {
         .layer(middleware::from_fn_with_state(agent, count_requests))
 }
 
+tokio::task_local! {
+    /// The token of the request being served, for checks made deeper down.
+    static REQUEST_TOKEN: Option<String>;
+}
+
 /// The caller's token, for requests a handler makes on its behalf.
 #[derive(Clone)]
 pub struct RequestToken(pub Option<String>);
@@ -197,8 +202,9 @@ async fn resolve_token(State(node): State<Arc<Node>>, mut req: Request, next: Ne
         Err(e) => return ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
     };
     req.extensions_mut().insert(identity);
-    req.extensions_mut().insert(RequestToken(token));
-    next.run(req).await
+    req.extensions_mut().insert(RequestToken(token.clone()));
+    // Blocking reads re-resolve the token on every wake (see `read`).
+    REQUEST_TOKEN.scope(token, next.run(req)).await
 }
 
 /// The endpoint family of a path, for metrics: `/v1/catalog/service`, but `/v1/kv` alone,
@@ -342,6 +348,11 @@ pub async fn read<T>(
     let deadline = tokio::time::Instant::now() + opts.wait + Duration::from_millis(extra);
     loop {
         let mut rx = node.store.watches.subscribe(&target);
+        // A token deleted or expired while its query waited ends the query.
+        let token = REQUEST_TOKEN.try_with(Clone::clone).ok().flatten();
+        if let Err(e) = node.identity(token.as_deref()) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, e.to_string()));
+        }
         let (idx, v) = run();
         if idx != opts.index {
             return Ok((idx, v));
