@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod filter;
+pub mod iam;
 pub mod types;
 
 pub use duration::{format_duration, parse_duration};

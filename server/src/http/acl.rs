@@ -653,40 +653,8 @@ pub async fn role_list(
 /// What each method type needs in its `Config`.
 fn check_method(m: &AuthMethod) -> Result<(), ApiError> {
     valid_name("Auth Method", &m.name)?;
-    let cfg = m.config.as_object();
-    let has = |k: &str| {
-        cfg.and_then(|c| c.get(k)).is_some_and(|v| match v {
-            Value::String(s) => !s.is_empty(),
-            Value::Array(a) => !a.is_empty(),
-            Value::Null => false,
-            _ => true,
-        })
-    };
-    match m.kind.as_str() {
-        "jwt" => {
-            let sources = ["JWTValidationPubKeys", "JWKSURL", "OIDCDiscoveryURL"]
-                .iter()
-                .filter(|k| has(k))
-                .count();
-            if sources != 1 {
-                return Err(ApiError::bad_request(
-                    "Invalid Auth Method: exactly one of JWTValidationPubKeys, JWKSURL or OIDCDiscoveryURL must be set",
-                ));
-            }
-        }
-        "aws-iam" => {
-            if !has("BoundIAMPrincipalARNs") {
-                return Err(ApiError::bad_request(
-                    "Invalid Auth Method: BoundIAMPrincipalARNs is required",
-                ));
-            }
-        }
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "Invalid Auth Method: Type should be one of: [aws-iam jwt], got {other:?}"
-            )));
-        }
-    }
+    crate::auth::check_config(m)
+        .map_err(|e| ApiError::bad_request(format!("Invalid Auth Method: {e}")))?;
     if !m.max_token_ttl.is_empty() {
         let ttl = berth_api::parse_duration(&m.max_token_ttl)
             .map_err(|e| ApiError::bad_request(format!("Invalid Auth Method: MaxTokenTTL: {e}")))?;
@@ -934,22 +902,99 @@ pub async fn templated_preview(
     })))
 }
 
+fn login_error(e: crate::auth::LoginError) -> ApiError {
+    use crate::auth::LoginError;
+    match e {
+        LoginError::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        LoginError::BadConfig(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        LoginError::Upstream { .. } => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+/// `PUT /v1/acl/login`: the method's validator proves who the caller is, the binding rules
+/// say what that is worth, and the answer is a new token made by the method.
 pub async fn login(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
     if !node.cfg.acl.enabled {
         return Err(disabled());
     }
     let req: LoginRequest = decode_body(&body)?;
+    if req.auth_method.is_empty() {
+        return Err(ApiError::bad_request("Missing auth method name"));
+    }
+    if req.bearer_token.is_empty() {
+        return Err(ApiError::bad_request("Missing auth method bearer token"));
+    }
     let method = node.store.read().acl.methods.get(&req.auth_method).cloned();
     let Some(method) = method else {
         return Err(acl_not_found());
     };
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "auth method type {:?} cannot validate logins in this build yet",
-            method.kind
-        ),
-    ))
+    let seen = |sig: &str| {
+        let now = now_ms();
+        node.store
+            .read()
+            .acl
+            .login_replays
+            .get(sig)
+            .is_some_and(|until| *until > now)
+    };
+    let verified = crate::auth::validate(&method, &req.bearer_token, &seen, crate::auth::http())
+        .await
+        .map_err(login_error)?;
+    let now = now_ms();
+    let bindings = {
+        let st = node.store.read();
+        crate::auth::bind(&st.acl, &method.name, &verified, &node.cfg.datacenter)
+    };
+    if bindings.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Permission denied: no binding rule of the auth method matched the caller",
+        ));
+    }
+    let mut description = "token created via login".to_string();
+    if !req.meta.is_empty() {
+        let meta = serde_json::to_string(&req.meta)
+            .map_err(|e| ApiError::bad_request(format!("Meta: {e}")))?;
+        description.push_str(": ");
+        description.push_str(&meta);
+    }
+    let expiration_time = if method.max_token_ttl.is_empty() {
+        None
+    } else {
+        let ttl = berth_api::parse_duration(&method.max_token_ttl).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("auth method MaxTokenTTL: {e}"),
+            )
+        })?;
+        Some(rfc3339(now + ttl.as_millis() as u64))
+    };
+    let t = Token {
+        accessor_id: uuid::Uuid::new_v4().to_string(),
+        secret_id: uuid::Uuid::new_v4().to_string(),
+        description,
+        policies: bindings.policies,
+        roles: bindings.roles,
+        service_identities: bindings.service_identities,
+        node_identities: bindings.node_identities,
+        templated_policies: bindings.templated_policies,
+        local: method.token_locality != "global",
+        auth_method: method.name.clone(),
+        expiration_time,
+        create_time: rfc3339(now),
+        ..Default::default()
+    };
+    let accessor = t.accessor_id.clone();
+    apply(
+        &node,
+        AclOp::Login {
+            token: t,
+            replay: verified.replay_key,
+            now_ms: now,
+        },
+    )
+    .await?;
+    token_reply(&node, &accessor)
 }
 
 pub async fn logout(

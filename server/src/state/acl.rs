@@ -18,6 +18,11 @@ pub struct AclTables {
     pub binding_rules: BTreeMap<String, BindingRule>,
     /// The Raft index of the bootstrap (or of the initial management token), once done.
     pub bootstrap_index: Option<u64>,
+    /// Signatures of AWS requests already used to log in, with the time (unix ms) after which
+    /// AWS would refuse them anyway; kept in the replicated state so that a new leader
+    /// refuses a replay too.
+    #[serde(default)]
+    pub login_replays: BTreeMap<String, u64>,
     /// Derived: secret → accessor.
     #[serde(skip)]
     pub by_secret: HashMap<String, String>,
@@ -38,6 +43,12 @@ pub enum AclOp {
     DeleteBindingRule(String),
     /// Stores the token and marks the system bootstrapped; refused when it already is.
     Bootstrap(Token),
+    /// A token made by an auth method; refused when its signed request was used before.
+    Login {
+        token: Token,
+        replay: Option<(String, u64)>,
+        now_ms: u64,
+    },
     /// Deletes the tokens whose expiry (unix ms) is at or before the given time.
     ReapExpired {
         now_ms: u64,
@@ -199,6 +210,25 @@ impl State {
             AclOp::DeleteBindingRule(id) => {
                 acl.binding_rules.remove(id);
                 Ok(())
+            }
+            AclOp::Login {
+                token,
+                replay,
+                now_ms,
+            } => {
+                acl.login_replays.retain(|_, until| *until > *now_ms);
+                match replay {
+                    Some((sig, _)) if acl.login_replays.contains_key(sig) => Err(
+                        "Permission denied: this signed request was already used to log in; sign a new one"
+                            .to_string(),
+                    ),
+                    _ => {
+                        if let Some((sig, until)) = replay {
+                            acl.login_replays.insert(sig.clone(), *until);
+                        }
+                        acl.put_token(index, token)
+                    }
+                }
             }
             AclOp::ReapExpired { expiring, .. } => {
                 for a in expiring {
