@@ -1,6 +1,9 @@
 //! End-to-end harness: Berth's binaries as real processes on loopback, each test with its own
 //! ports and directories so that tests run in parallel.
 
+pub mod acl_server;
+pub mod moto;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
