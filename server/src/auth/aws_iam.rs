@@ -308,13 +308,18 @@ pub fn parse_amz_date(s: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp()).ok().map(|s| s * 1000)
 }
 
+/// What passed the checks: the STS request, the entity request (when the method wants entity
+/// details), and the replay key (signature, remembered until).
+#[derive(Debug)]
+pub struct Checked {
+    pub sts: Request,
+    pub entity: Option<Request>,
+    pub replay: (String, u64),
+}
+
 /// The checks made before anything is sent. Returns the decoded STS request, the entity
 /// request (when the method wants entity details), and the replay key.
-pub fn precheck(
-    cfg: &Config,
-    bearer: &str,
-    now_ms: u64,
-) -> Result<(Request, Option<Request>, (String, u64)), LoginError> {
+pub fn precheck(cfg: &Config, bearer: &str, now_ms: u64) -> Result<Checked, LoginError> {
     let req = decode_bearer(bearer)?;
     if req.method != "POST" {
         return Err(denied(format!(
@@ -382,7 +387,11 @@ pub fn precheck(
     } else {
         None
     };
-    Ok((req, entity, (auth.signature, date + SIGNATURE_LIFETIME_MS)))
+    Ok(Checked {
+        sts: req,
+        entity,
+        replay: (auth.signature, date + SIGNATURE_LIFETIME_MS),
+    })
 }
 
 fn entity_request(
@@ -634,7 +643,11 @@ pub async fn validate(
     http: &reqwest::Client,
     now_ms: u64,
 ) -> Result<Verified, LoginError> {
-    let (sts, entity, replay) = precheck(cfg, bearer, now_ms)?;
+    let Checked {
+        sts,
+        entity,
+        replay,
+    } = precheck(cfg, bearer, now_ms)?;
     if seen(&replay.0) {
         return Err(denied(
             "this signed request was already used to log in; sign a new one",
@@ -709,7 +722,7 @@ mod tests {
         crate::acl::now_ms()
     }
 
-    fn reason(r: Result<(Request, Option<Request>, (String, u64)), LoginError>) -> String {
+    fn reason(r: Result<Checked, LoginError>) -> String {
         match r {
             Err(e) => e.to_string(),
             Ok(_) => panic!("accepted"),
@@ -719,7 +732,11 @@ mod tests {
     #[test]
     fn a_good_request_passes_the_prechecks() {
         let b = bearer(&opts(), None, SystemTime::now());
-        let (req, entity, (sig, until)) = precheck(&cfg(), &b, now()).unwrap();
+        let Checked {
+            sts: req,
+            entity,
+            replay: (sig, until),
+        } = precheck(&cfg(), &b, now()).unwrap();
         assert_eq!(req.url.as_str(), "http://127.0.0.1:5000/");
         assert!(entity.is_none());
         assert_eq!(sig.len(), 64);
@@ -825,7 +842,7 @@ mod tests {
         let mut o = opts();
         o.iam_endpoint = Some("http://127.0.0.1:5000".into());
         let b = bearer(&o, Some((true, "web")), SystemTime::now());
-        let (_, entity, _) = precheck(&c, &b, now()).unwrap();
+        let entity = precheck(&c, &b, now()).unwrap().entity;
         assert_eq!(
             entity.unwrap().body,
             "Action=GetRole&RoleName=web&Version=2010-05-08"
