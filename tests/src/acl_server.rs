@@ -21,7 +21,10 @@ impl AclServer {
             ),
         )
         .expect("write acl.hcl");
+        // Debug logging, so that the suites' checks that no secret reaches the log mean something.
         let args = vec![
+            "-log-level".to_string(),
+            "debug".to_string(),
             "-dev".to_string(),
             "-config-file".to_string(),
             conf.display().to_string(),

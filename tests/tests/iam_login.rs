@@ -216,6 +216,19 @@ async fn berth_login_with_a_task_role_gets_exactly_its_service() {
     assert_eq!(no.status, 403, "web may not register db: {}", no.text());
     assert!(no.text().contains("Permission denied"), "{}", no.text());
 
+    // Neither the new token's secret nor the signed request reached the server's log.
+    let log = std::fs::read_to_string(&env.acl.server.log).unwrap();
+    assert!(
+        log.contains("DEBUG") || log.contains("debug"),
+        "the server logs at debug level"
+    );
+    assert!(!log.contains(&secret), "the server logged a token secret");
+    let web_secret = env.moto.creds["web"]["SessionToken"].as_str().unwrap();
+    assert!(
+        !log.contains(web_secret),
+        "the server logged the caller's session token"
+    );
+
     // berth logout deletes the login token.
     let out = Command::new(bin("berth"))
         .args([
