@@ -109,29 +109,31 @@ pub fn resolve_token(
     fn given_path(p: Option<&Path>) -> Option<&Path> {
         p.filter(|p| !p.as_os_str().is_empty())
     }
-    if let Some(t) = given(flag) {
-        return Ok(Some(t.to_string()));
-    }
-    if let Some(f) = given_path(flag_file) {
-        return read_token_file(f).map(Some);
-    }
-    if let Some(t) = given(env) {
-        return Ok(Some(t.to_string()));
-    }
-    if let Some(f) = given_path(env_file) {
-        return read_token_file(f).map(Some);
+    for (token, file) in [(flag, flag_file), (env, env_file)] {
+        if let Some(t) = given(token) {
+            return Ok(Some(t.to_string()));
+        }
+        if let Some(f) = given_path(file) {
+            return read_secret_file(f, "token file").map(Some);
+        }
     }
     Ok(None)
 }
 
-pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+/// The content of `path` without surrounding whitespace; `what` (e.g. "token file") names the
+/// file in errors. A file holding only whitespace is an error too.
+pub fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        bail!("{what} {} is empty", path.display());
     }
-    Ok(token.to_string())
+    Ok(secret.to_string())
+}
+
+fn read_file(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
 /// `host:port` becomes `http://host:port`; `http://` and `https://` are kept; anything else
@@ -231,20 +233,15 @@ impl Api {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &args.ca_file {
-            let pem = std::fs::read(ca)
-                .with_context(|| format!("cannot read CA file {}", ca.display()))?;
+            let pem = read_file(ca, "CA file")?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("CA file {} is not PEM", ca.display()))?;
             builder = builder.tls_certs_only(certs);
         }
         if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-            let mut pem = std::fs::read(cert)
-                .with_context(|| format!("cannot read client certificate {}", cert.display()))?;
+            let mut pem = read_file(cert, "client certificate")?;
             pem.push(b'\n');
-            pem.extend(
-                std::fs::read(key)
-                    .with_context(|| format!("cannot read client key {}", key.display()))?,
-            );
+            pem.extend(read_file(key, "client key")?);
             let id = reqwest::Identity::from_pem(&pem).with_context(|| {
                 format!(
                     "invalid client certificate {} or key {}",
@@ -303,15 +300,13 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ApiError::Transport {
+        let transport = |e: reqwest::Error| ApiError::Transport {
             url: shown.clone(),
             reason: reason_of(&e),
-        })?;
+        };
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| ApiError::Transport {
-            url: shown.clone(),
-            reason: reason_of(&e),
-        })?;
+        let text = resp.text().await.map_err(transport)?;
         if !status.is_success() {
             return Err(ApiError::Status { status, body: text });
         }

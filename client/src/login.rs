@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::Usage;
-use crate::http::{Api, HttpArgs};
+use crate::http::{Api, HttpArgs, read_secret_file};
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
@@ -131,16 +131,6 @@ fn bearer_source(a: &LoginArgs) -> Result<Bearer<'_>, Usage> {
     }
 }
 
-fn read_bearer_file(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read bearer token file {}", path.display()))?;
-    let t = text.trim();
-    if t.is_empty() {
-        bail!("bearer token file {} is empty", path.display());
-    }
-    Ok(t.to_string())
-}
-
 /// Writes `secret` to `path` with mode 0600: to a new file beside it, then renamed over it, so
 /// that readers see the old content or the new, and never a file open to others.
 pub fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
@@ -191,7 +181,7 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     // Login needs no token; do not send one that happens to be in the environment.
     let api = Api::with_token(&a.http, None)?;
     let bearer = match source {
-        Bearer::File(f) => read_bearer_file(f)?,
+        Bearer::File(f) => read_secret_file(f, "bearer token file")?,
         Bearer::Aws => {
             let opts = berth_api::iam::LoginOptions {
                 include_entity: a.aws_include_entity,

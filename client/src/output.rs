@@ -39,11 +39,7 @@ impl OutputArgs {
     ) -> anyhow::Result<String> {
         match self.format {
             Format::Json => json(v),
-            Format::Pretty => {
-                let t: T = serde_json::from_value(v.clone())
-                    .context("unexpected answer from the server")?;
-                Ok(pretty(&t, self.show_meta))
-            }
+            Format::Pretty => Ok(pretty(&decode(v)?, self.show_meta)),
         }
     }
 
@@ -56,12 +52,7 @@ impl OutputArgs {
         match self.format {
             Format::Json => json(v),
             Format::Pretty => {
-                let items: Vec<T> = if v.is_null() {
-                    Vec::new()
-                } else {
-                    serde_json::from_value(v.clone())
-                        .context("unexpected answer from the server")?
-                };
+                let items: Vec<T> = if v.is_null() { Vec::new() } else { decode(v)? };
                 Ok(items
                     .iter()
                     .map(|t| pretty(t, self.show_meta))
@@ -90,6 +81,10 @@ impl OutputArgs {
     }
 }
 
+fn decode<T: DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
+    serde_json::from_value(v.clone()).context("unexpected answer from the server")
+}
+
 /// Prints `text` with exactly one newline at its end (nothing for empty text).
 pub fn emit(text: &str) {
     let text = text.trim_end_matches('\n');
@@ -107,64 +102,87 @@ fn line(out: &mut String, key: &str, width: usize, value: impl std::fmt::Display
     let _ = writeln!(out, "{label:<width$}{value}");
 }
 
-fn links(out: &mut String, title: &str, links: &[Link]) {
-    if links.is_empty() {
+/// What `-meta` adds: the content hash, where the object has one, and the Raft indexes.
+fn meta_lines(out: &mut String, width: usize, hash: Option<&str>, create: u64, modify: u64) {
+    if let Some(h) = hash {
+        line(out, "Hash", width, h);
+    }
+    line(out, "Create Index", width, create);
+    line(out, "Modify Index", width, modify);
+}
+
+/// `title:` and the items' lines below it; nothing at all when there are no items.
+fn section<T>(out: &mut String, title: &str, items: &[T], item: impl Fn(&mut String, &T)) {
+    if items.is_empty() {
         return;
     }
     let _ = writeln!(out, "{title}:");
-    for l in links {
-        let _ = writeln!(out, "   {} - {}", l.id, l.name);
+    for i in items {
+        item(out, i);
     }
 }
 
-fn service_identities(out: &mut String, ids: &[ServiceIdentity]) {
-    if ids.is_empty() {
-        return;
-    }
-    out.push_str("Service Identities:\n");
-    for s in ids {
-        let dcs = if s.datacenters.is_empty() {
-            "all".to_string()
-        } else {
-            s.datacenters.join(", ")
-        };
-        let _ = writeln!(out, "   {} (Datacenters: {dcs})", s.service_name);
+fn links(out: &mut String, title: &str, links: &[Link]) {
+    section(out, title, links, |o, l| {
+        let _ = writeln!(o, "   {} - {}", l.id, l.name);
+    });
+}
+
+/// An empty list of datacenters means all of them.
+fn datacenters(dcs: &[String]) -> String {
+    if dcs.is_empty() {
+        "all".to_string()
+    } else {
+        dcs.join(", ")
     }
 }
 
-fn node_identities(out: &mut String, ids: &[NodeIdentity]) {
-    if ids.is_empty() {
-        return;
+fn identities(
+    out: &mut String,
+    services: &[ServiceIdentity],
+    nodes: &[NodeIdentity],
+    templated: &[TemplatedPolicy],
+) {
+    section(out, "Service Identities", services, |o, s| {
+        let dcs = datacenters(&s.datacenters);
+        let _ = writeln!(o, "   {} (Datacenters: {dcs})", s.service_name);
+    });
+    section(out, "Node Identities", nodes, |o, n| {
+        let _ = writeln!(o, "   {} (Datacenter: {})", n.node_name, n.datacenter);
+    });
+    section(out, "Templated Policies", templated, templated_policy);
+}
+
+fn templated_policy(out: &mut String, t: &TemplatedPolicy) {
+    let _ = writeln!(out, "   {}", t.template_name);
+    let name = t
+        .template_variables
+        .as_ref()
+        .and_then(Value::as_object)
+        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("name")))
+        .and_then(|(_, v)| v.as_str());
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        let _ = writeln!(out, "      Name: {name}");
     }
-    out.push_str("Node Identities:\n");
-    for n in ids {
-        let _ = writeln!(out, "   {} (Datacenter: {})", n.node_name, n.datacenter);
+    let _ = writeln!(out, "      Datacenters: {}", datacenters(&t.datacenters));
+}
+
+/// `title:` and `text` below it as it is, not indented, ending in a newline.
+fn block(out: &mut String, title: &str, text: &str) {
+    let _ = writeln!(out, "{title}:");
+    out.push_str(text);
+    if !out.ends_with('\n') {
+        out.push('\n');
     }
 }
 
-fn templated_policies(out: &mut String, list: &[TemplatedPolicy]) {
-    if list.is_empty() {
-        return;
+/// An object in a list, as Consul prints one: its name, then its fields indented.
+fn entry(name: &str, fields: &str) -> String {
+    let mut s = format!("{name}:\n");
+    for l in fields.lines() {
+        let _ = writeln!(s, "   {l}");
     }
-    out.push_str("Templated Policies:\n");
-    for t in list {
-        let _ = writeln!(out, "   {}", t.template_name);
-        let name = t
-            .template_variables
-            .as_ref()
-            .and_then(Value::as_object)
-            .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case("name")))
-            .and_then(|(_, v)| v.as_str());
-        if let Some(name) = name.filter(|n| !n.is_empty()) {
-            let _ = writeln!(out, "      Name: {name}");
-        }
-        let dcs = if t.datacenters.is_empty() {
-            "all".to_string()
-        } else {
-            t.datacenters.join(", ")
-        };
-        let _ = writeln!(out, "      Datacenters: {dcs}");
-    }
+    s
 }
 
 pub fn token(t: &Token, meta: bool) -> String {
@@ -182,55 +200,44 @@ pub fn token(t: &Token, meta: bool) -> String {
         line(&mut s, "Expiration Time", W, exp);
     }
     if meta {
-        line(&mut s, "Hash", W, &t.hash);
-        line(&mut s, "Create Index", W, t.create_index);
-        line(&mut s, "Modify Index", W, t.modify_index);
+        meta_lines(&mut s, W, Some(&t.hash), t.create_index, t.modify_index);
     }
     links(&mut s, "Policies", &t.policies);
     links(&mut s, "Roles", &t.roles);
-    service_identities(&mut s, &t.service_identities);
-    node_identities(&mut s, &t.node_identities);
-    templated_policies(&mut s, &t.templated_policies);
+    identities(
+        &mut s,
+        &t.service_identities,
+        &t.node_identities,
+        &t.templated_policies,
+    );
+    s
+}
+
+/// A policy's fields but its rules: all of them (`full`), or those a list shows under the name.
+fn policy_fields(p: &Policy, meta: bool, full: bool) -> String {
+    const W: usize = 14;
+    let mut s = String::new();
+    line(&mut s, "ID", W, &p.id);
+    if full {
+        line(&mut s, "Name", W, &p.name);
+    }
+    line(&mut s, "Description", W, &p.description);
+    line(&mut s, "Datacenters", W, p.datacenters.join(", "));
+    if meta {
+        meta_lines(&mut s, W, Some(&p.hash), p.create_index, p.modify_index);
+    }
     s
 }
 
 pub fn policy(p: &Policy, meta: bool) -> String {
-    const W: usize = 14;
-    let mut s = String::new();
-    line(&mut s, "ID", W, &p.id);
-    line(&mut s, "Name", W, &p.name);
-    line(&mut s, "Description", W, &p.description);
-    line(&mut s, "Datacenters", W, p.datacenters.join(", "));
-    if meta {
-        line(&mut s, "Hash", W, &p.hash);
-        line(&mut s, "Create Index", W, p.create_index);
-        line(&mut s, "Modify Index", W, p.modify_index);
-    }
-    s.push_str("Rules:\n");
-    s.push_str(&p.rules);
-    if !s.ends_with('\n') {
-        s.push('\n');
-    }
+    let mut s = policy_fields(p, meta, true);
+    block(&mut s, "Rules", &p.rules);
     s
 }
 
-/// A policy in a list: its name, then its fields indented, without the rules (as Consul).
+/// A policy in a list: without the rules (as Consul).
 pub fn policy_entry(p: &Policy, meta: bool) -> String {
-    const W: usize = 14;
-    let mut s = format!("{}:\n", p.name);
-    let mut body = String::new();
-    line(&mut body, "ID", W, &p.id);
-    line(&mut body, "Description", W, &p.description);
-    line(&mut body, "Datacenters", W, p.datacenters.join(", "));
-    if meta {
-        line(&mut body, "Hash", W, &p.hash);
-        line(&mut body, "Create Index", W, p.create_index);
-        line(&mut body, "Modify Index", W, p.modify_index);
-    }
-    for l in body.lines() {
-        let _ = writeln!(s, "   {l}");
-    }
-    s
+    entry(&p.name, &policy_fields(p, meta, false))
 }
 
 pub fn role(r: &Role, meta: bool) -> String {
@@ -240,57 +247,51 @@ pub fn role(r: &Role, meta: bool) -> String {
     line(&mut s, "Name", W, &r.name);
     line(&mut s, "Description", W, &r.description);
     if meta {
-        line(&mut s, "Hash", W, &r.hash);
-        line(&mut s, "Create Index", W, r.create_index);
-        line(&mut s, "Modify Index", W, r.modify_index);
+        meta_lines(&mut s, W, Some(&r.hash), r.create_index, r.modify_index);
     }
     links(&mut s, "Policies", &r.policies);
-    service_identities(&mut s, &r.service_identities);
-    node_identities(&mut s, &r.node_identities);
-    templated_policies(&mut s, &r.templated_policies);
+    identities(
+        &mut s,
+        &r.service_identities,
+        &r.node_identities,
+        &r.templated_policies,
+    );
+    s
+}
+
+/// An auth method's fields but its config: all of them (`full`), or those a list shows under
+/// the name.
+fn auth_method_fields(m: &AuthMethod, meta: bool, full: bool) -> String {
+    const W: usize = 16;
+    let mut s = String::new();
+    if full {
+        line(&mut s, "Name", W, &m.name);
+    }
+    line(&mut s, "Type", W, &m.kind);
+    line(&mut s, "Display Name", W, &m.display_name);
+    line(&mut s, "Description", W, &m.description);
+    if full && !m.max_token_ttl.is_empty() {
+        line(&mut s, "Max Token TTL", W, &m.max_token_ttl);
+    }
+    if full && !m.token_locality.is_empty() {
+        line(&mut s, "Token Locality", W, &m.token_locality);
+    }
+    if meta {
+        meta_lines(&mut s, W, None, m.create_index, m.modify_index);
+    }
     s
 }
 
 pub fn auth_method(m: &AuthMethod, meta: bool) -> String {
-    const W: usize = 16;
-    let mut s = String::new();
-    line(&mut s, "Name", W, &m.name);
-    line(&mut s, "Type", W, &m.kind);
-    line(&mut s, "Display Name", W, &m.display_name);
-    line(&mut s, "Description", W, &m.description);
-    if !m.max_token_ttl.is_empty() {
-        line(&mut s, "Max Token TTL", W, &m.max_token_ttl);
-    }
-    if !m.token_locality.is_empty() {
-        line(&mut s, "Token Locality", W, &m.token_locality);
-    }
-    if meta {
-        line(&mut s, "Create Index", W, m.create_index);
-        line(&mut s, "Modify Index", W, m.modify_index);
-    }
-    s.push_str("Config:\n");
+    let mut s = auth_method_fields(m, meta, true);
     let config = serde_json::to_string_pretty(&m.config).unwrap_or_else(|_| m.config.to_string());
-    s.push_str(&config);
-    s.push('\n');
+    block(&mut s, "Config", &config);
     s
 }
 
-/// An auth method in a list: its name, then its fields indented, without the config.
+/// An auth method in a list: without the config.
 pub fn auth_method_entry(m: &AuthMethod, meta: bool) -> String {
-    const W: usize = 16;
-    let mut s = format!("{}:\n", m.name);
-    let mut body = String::new();
-    line(&mut body, "Type", W, &m.kind);
-    line(&mut body, "Display Name", W, &m.display_name);
-    line(&mut body, "Description", W, &m.description);
-    if meta {
-        line(&mut body, "Create Index", W, m.create_index);
-        line(&mut body, "Modify Index", W, m.modify_index);
-    }
-    for l in body.lines() {
-        let _ = writeln!(s, "   {l}");
-    }
-    s
+    entry(&m.name, &auth_method_fields(m, meta, false))
 }
 
 pub fn binding_rule(r: &BindingRule, meta: bool) -> String {
@@ -303,8 +304,7 @@ pub fn binding_rule(r: &BindingRule, meta: bool) -> String {
     line(&mut s, "BindName", W, &r.bind_name);
     line(&mut s, "Selector", W, &r.selector);
     if meta {
-        line(&mut s, "Create Index", W, r.create_index);
-        line(&mut s, "Modify Index", W, r.modify_index);
+        meta_lines(&mut s, W, None, r.create_index, r.modify_index);
     }
     s
 }

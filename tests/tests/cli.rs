@@ -95,6 +95,15 @@ fn berth(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// The `key` of each object of a JSON list.
+fn each<'v>(list: &'v Value, key: &str) -> Vec<&'v str> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|x| x[key].as_str())
+        .collect()
+}
+
 fn uuid_like() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -154,11 +163,7 @@ impl Acl {
         let a = Acl { dir, s, root };
         if with_root {
             eventually(Duration::from_secs(10), "the management token", || async {
-                (a.call("GET", "/v1/acl/token/self", Some(&a.root), None)
-                    .await
-                    .status
-                    == 200)
-                    .then_some(())
+                (a.get_reply("/v1/acl/token/self").await.status == 200).then_some(())
             })
             .await;
         }
@@ -175,6 +180,52 @@ impl Acl {
         let mut all = args.to_vec();
         all.extend(["-http-addr", &addr]);
         berth(&all, &[])
+    }
+
+    /// `berth args... -token <token> -http-addr <this server>`.
+    fn berth_as(&self, token: &str, args: &[&str]) -> Run {
+        let mut all = args.to_vec();
+        all.extend(["-token", token]);
+        self.berth(&all)
+    }
+
+    fn as_root(&self, args: &[&str]) -> Run {
+        self.berth_as(&self.root, args)
+    }
+
+    /// `acl auth-method create -type jwt -name <name> -config <config> args...`, as root.
+    fn create_jwt_method(&self, name: &str, config: &str, args: &[&str]) -> Run {
+        let mut all = vec![
+            "acl",
+            "auth-method",
+            "create",
+            "-type",
+            "jwt",
+            "-name",
+            name,
+            "-config",
+            config,
+        ];
+        all.extend(args);
+        self.as_root(&all)
+    }
+
+    /// `acl binding-rule create -method <method> -bind-type <kind> -bind-name <name> args...`,
+    /// as root.
+    fn create_rule(&self, method: &str, kind: &str, name: &str, args: &[&str]) -> Run {
+        let mut all = vec![
+            "acl",
+            "binding-rule",
+            "create",
+            "-method",
+            method,
+            "-bind-type",
+            kind,
+            "-bind-name",
+            name,
+        ];
+        all.extend(args);
+        self.as_root(&all)
     }
 
     async fn call(
@@ -194,10 +245,20 @@ impl Acl {
         send(r).await
     }
 
-    async fn get(&self, path: &str) -> Value {
-        let r = self.call("GET", path, Some(&self.root), None).await;
-        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    /// A request with the management token, which must succeed; the answer's JSON.
+    async fn root_ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let r = self.call(method, path, Some(&self.root), body).await;
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
         r.json()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.root_ok("GET", path, None).await
+    }
+
+    /// `GET path` with the management token, whatever the answer.
+    async fn get_reply(&self, path: &str) -> Reply {
+        self.call("GET", path, Some(&self.root), None).await
     }
 
     fn write(&self, name: &str, text: &str) -> String {
@@ -248,18 +309,14 @@ async fn management_token_by_flag_file_or_env_manages_policies_roles_and_tokens(
     for way in ["flag", "file", "env"] {
         // One `berth` invocation with the management token passed this way.
         let run = |args: &[&str]| -> Run {
-            let mut all: Vec<&str> = args.to_vec();
             match way {
-                "flag" => {
-                    all.extend(["-token", &a.root, "-http-addr", &addr]);
-                    berth(&all, &[])
-                }
+                "flag" => a.as_root(args),
                 "file" => {
-                    all.extend(["--token-file", &root_file, "--http-addr", &addr]);
-                    berth(&all, &[])
+                    let file = ["--token-file", &root_file, "--http-addr", &addr];
+                    berth(&[args, &file].concat(), &[])
                 }
                 _ => berth(
-                    &all,
+                    args,
                     &[("BERTH_HTTP_TOKEN", &a.root), ("BERTH_HTTP_ADDR", &addr)],
                 ),
             }
@@ -356,13 +413,7 @@ async fn management_token_by_flag_file_or_env_manages_policies_roles_and_tokens(
 
         // list, filtered by the policy: exactly this token
         let listed = run(&["acl", "token", "list", "-policy", &pid, "-format", "json"]).json();
-        let ids: Vec<&str> = listed
-            .as_array()
-            .expect("a list")
-            .iter()
-            .filter_map(|t| t["AccessorID"].as_str())
-            .collect();
-        assert_eq!(ids, [accessor.as_str()], "{way}");
+        assert_eq!(each(&listed, "AccessorID"), [accessor.as_str()], "{way}");
 
         // update the description; links stay
         run(&[
@@ -383,14 +434,7 @@ async fn management_token_by_flag_file_or_env_manages_policies_roles_and_tokens(
         // delete, then it is gone for the API and for `berth`
         let deleted = run(&["acl", "token", "delete", "-id", &accessor]);
         assert!(deleted.ok().contains(&accessor), "{}", deleted.stdout);
-        let gone = a
-            .call(
-                "GET",
-                &format!("/v1/acl/token/{accessor}"),
-                Some(&a.root),
-                None,
-            )
-            .await;
+        let gone = a.get_reply(&format!("/v1/acl/token/{accessor}")).await;
         assert!(
             gone.status == 403 && gone.text().contains("ACL not found") || gone.status == 404,
             "{way}: {} {}",
@@ -405,6 +449,10 @@ async fn management_token_by_flag_file_or_env_manages_policies_roles_and_tokens(
     }
 
     // A flag wins over the environment.
+    let bad_env = [
+        ("BERTH_HTTP_TOKEN", "not-a-token"),
+        ("BERTH_HTTP_ADDR", &addr),
+    ];
     let listed = berth(
         &[
             "acl",
@@ -415,75 +463,41 @@ async fn management_token_by_flag_file_or_env_manages_policies_roles_and_tokens(
             "-format",
             "json",
         ],
-        &[
-            ("BERTH_HTTP_TOKEN", "not-a-token"),
-            ("BERTH_HTTP_ADDR", &addr),
-        ],
+        &bad_env,
     )
     .json();
-    let names: Vec<&str> = listed
-        .as_array()
-        .expect("a list")
-        .iter()
-        .filter_map(|p| p["Name"].as_str())
-        .collect();
+    let names = each(&listed, "Name");
     assert!(names.contains(&"app-read-env"), "{names:?}");
-    let denied = berth(
-        &["acl", "policy", "list"],
-        &[
-            ("BERTH_HTTP_TOKEN", "not-a-token"),
-            ("BERTH_HTTP_ADDR", &addr),
-        ],
-    )
-    .failed();
+    let denied = berth(&["acl", "policy", "list"], &bad_env).failed();
     assert!(denied.contains("ACL not found"), "{denied}");
 }
 
 #[tokio::test]
 async fn a_token_without_acl_write_cannot_create_a_policy() {
     let a = Acl::start(true).await;
-    let r = a
-        .call(
-            "PUT",
-            "/v1/acl/policy",
-            Some(&a.root),
-            Some(json!({"Name": "acl-read", "Rules": "acl = \"read\""})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let r = a
-        .call(
-            "PUT",
-            "/v1/acl/token",
-            Some(&a.root),
-            Some(json!({"Policies": [{"Name": "acl-read"}]})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let reader = r.json()["SecretID"].as_str().unwrap().to_string();
+    let policy = json!({"Name": "acl-read", "Rules": "acl = \"read\""});
+    a.root_ok("PUT", "/v1/acl/policy", Some(policy)).await;
+    let token = json!({"Policies": [{"Name": "acl-read"}]});
+    let token = a.root_ok("PUT", "/v1/acl/token", Some(token)).await;
+    let reader = token["SecretID"].as_str().unwrap().to_string();
 
-    let err = a
-        .berth(&[
-            "acl",
-            "policy",
-            "create",
-            "-name",
-            "sneaky",
-            "-rules",
-            "acl = \"write\"",
-            "-token",
-            &reader,
-        ])
-        .failed();
+    let create = [
+        "acl",
+        "policy",
+        "create",
+        "-name",
+        "sneaky",
+        "-rules",
+        "acl = \"write\"",
+    ];
+    let err = a.berth_as(&reader, &create).failed();
     assert!(err.contains("Permission denied"), "{err}");
     assert!(err.contains("sneaky"), "names what failed: {err}");
-    let r = a
-        .call("GET", "/v1/acl/policy/name/sneaky", Some(&a.root), None)
-        .await;
+    let r = a.get_reply("/v1/acl/policy/name/sneaky").await;
     assert_eq!(r.status, 404, "{}", r.text());
     // It can read, though.
     let listed = a
-        .berth(&["acl", "policy", "list", "-token", &reader])
+        .berth_as(&reader, &["acl", "policy", "list"])
         .ok()
         .to_string();
     assert!(listed.contains("acl-read:"), "{listed}");
@@ -493,36 +507,12 @@ async fn a_token_without_acl_write_cannot_create_a_policy() {
 async fn an_auth_method_with_a_bad_json_config_is_not_sent() {
     let a = Acl::start(true).await;
     let literal = a
-        .berth(&[
-            "acl",
-            "auth-method",
-            "create",
-            "-type",
-            "jwt",
-            "-name",
-            "bad-literal",
-            "-config",
-            "{\"JWTValidationPubKeys\": [",
-            "-token",
-            &a.root,
-        ])
+        .create_jwt_method("bad-literal", "{\"JWTValidationPubKeys\": [", &[])
         .failed();
     assert!(literal.contains("-config is not valid JSON"), "{literal}");
     let file = a.write("bad.json", "{\"JWTValidationPubKeys\": [\"x\"],\n}\n");
     let from_file = a
-        .berth(&[
-            "acl",
-            "auth-method",
-            "create",
-            "-type",
-            "jwt",
-            "-name",
-            "bad-file",
-            "-config",
-            &format!("@{file}"),
-            "-token",
-            &a.root,
-        ])
+        .create_jwt_method("bad-file", &format!("@{file}"), &[])
         .failed();
     assert!(
         from_file.contains("-config is not valid JSON"),
@@ -530,14 +520,7 @@ async fn an_auth_method_with_a_bad_json_config_is_not_sent() {
     );
     assert!(from_file.contains("line 2"), "names where: {from_file}");
     for name in ["bad-literal", "bad-file"] {
-        let r = a
-            .call(
-                "GET",
-                &format!("/v1/acl/auth-method/{name}"),
-                Some(&a.root),
-                None,
-            )
-            .await;
+        let r = a.get_reply(&format!("/v1/acl/auth-method/{name}")).await;
         assert_eq!(r.status, 404, "{name}: {}", r.text());
     }
     assert_eq!(a.get("/v1/acl/auth-methods").await, json!([]));
@@ -552,23 +535,11 @@ async fn binding_rules_of_a_jwt_auth_method() {
         &json!({"JWTValidationPubKeys": [key.public_key_pem()], "BoundAudiences": ["berth"]})
             .to_string(),
     );
-    let method = a.berth(&[
-        "acl",
-        "auth-method",
-        "create",
-        "-type",
-        "jwt",
-        "-name",
+    let method = a.create_jwt_method(
         "ci-jwt",
-        "-display-name",
-        "CI",
-        "-max-token-ttl",
-        "10m",
-        "-config",
         &format!("@{config}"),
-        "-token",
-        &a.root,
-    ]);
+        &["-display-name", "CI", "-max-token-ttl", "10m"],
+    );
     assert_eq!(method.field("Name"), "ci-jwt");
     assert_eq!(method.field("Type"), "jwt");
     let m = a.get("/v1/acl/auth-method/ci-jwt").await;
@@ -581,25 +552,19 @@ async fn binding_rules_of_a_jwt_auth_method() {
     );
 
     let rule = a
-        .berth(&[
-            "acl",
-            "binding-rule",
-            "create",
-            "-method",
+        .create_rule(
             "ci-jwt",
-            "-bind-type",
             "service",
-            "-bind-name",
             "web",
-            "-selector",
-            "value.env == \"prod\"",
-            "-description",
-            "prod deploys",
-            "-token",
-            &a.root,
-            "-format",
-            "json",
-        ])
+            &[
+                "-selector",
+                "value.env == \"prod\"",
+                "-description",
+                "prod deploys",
+                "-format",
+                "json",
+            ],
+        )
         .json();
     let id = rule["ID"].as_str().expect("rule ID").to_string();
     let r = a.get(&format!("/v1/acl/binding-rule/{id}")).await;
@@ -625,111 +590,40 @@ async fn binding_rules_of_a_jwt_auth_method() {
         "other.json",
         &json!({"JWTValidationPubKeys": [key.public_key_pem()]}).to_string(),
     );
-    a.berth(&[
-        "acl",
-        "auth-method",
-        "create",
-        "-type",
-        "jwt",
-        "-name",
-        "other",
-        "-config",
-        &format!("@{other}"),
-        "-token",
-        &a.root,
-    ])
-    .ok();
-    a.berth(&[
-        "acl",
-        "binding-rule",
-        "create",
-        "-method",
-        "other",
-        "-bind-type",
-        "node",
-        "-bind-name",
-        "n1",
-        "-token",
-        &a.root,
-    ])
-    .ok();
-    assert_eq!(
+    a.create_jwt_method("other", &format!("@{other}"), &[]).ok();
+    a.create_rule("other", "node", "n1", &[]).ok();
+    let rules = || async {
         a.get("/v1/acl/binding-rules")
             .await
             .as_array()
-            .map(Vec::len),
-        Some(2)
-    );
+            .map(Vec::len)
+    };
+    assert_eq!(rules().await, Some(2));
+    let list = ["acl", "binding-rule", "list", "-method", "ci-jwt"];
     let listed = a
-        .berth(&[
-            "acl",
-            "binding-rule",
-            "list",
-            "-method",
-            "ci-jwt",
-            "-token",
-            &a.root,
-            "-format",
-            "json",
-        ])
+        .as_root(&[&list[..], &["-format", "json"]].concat())
         .json();
-    let ids: Vec<&str> = listed
-        .as_array()
-        .expect("a list")
-        .iter()
-        .filter_map(|r| r["ID"].as_str())
-        .collect();
-    assert_eq!(ids, [id.as_str()]);
-    let pretty = a.berth(&[
-        "acl",
-        "binding-rule",
-        "list",
-        "-method",
-        "ci-jwt",
-        "-token",
-        &a.root,
-    ]);
+    assert_eq!(each(&listed, "ID"), [id.as_str()]);
+    let pretty = a.as_root(&list);
     assert_eq!(pretty.field("ID"), id);
     assert_eq!(pretty.field("BindName"), "web");
     assert_eq!(pretty.field("AuthMethod"), "ci-jwt");
 
     // A selector the server cannot parse is the server's 400, shown as such; nothing is made.
     let err = a
-        .berth(&[
-            "acl",
-            "binding-rule",
-            "create",
-            "-method",
-            "ci-jwt",
-            "-bind-type",
-            "service",
-            "-bind-name",
-            "web",
-            "-selector",
-            "value.env ==",
-            "-token",
-            &a.root,
-        ])
+        .create_rule("ci-jwt", "service", "web", &["-selector", "value.env =="])
         .failed();
     assert!(err.contains("400") && err.contains("Selector"), "{err}");
-    assert_eq!(
-        a.get("/v1/acl/binding-rules")
-            .await
-            .as_array()
-            .map(Vec::len),
-        Some(2)
-    );
+    assert_eq!(rules().await, Some(2));
 }
 
 #[tokio::test]
 async fn logout_with_a_token_not_made_by_login_is_denied() {
     let a = Acl::start(true).await;
-    let err = a.berth(&["logout", "-token", &a.root]).failed();
+    let err = a.as_root(&["logout"]).failed();
     assert!(err.contains("Permission denied"), "{err}");
     // The token is still there.
-    let r = a
-        .call("GET", "/v1/acl/token/self", Some(&a.root), None)
-        .await;
+    let r = a.get_reply("/v1/acl/token/self").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -739,24 +633,22 @@ fn login_with_a_missing_bearer_token_file_names_it() {
     let missing = dir.path().join("no-such.jwt");
     let sink = dir.path().join("token");
     let addr = format!("127.0.0.1:{}", free_port());
+    let (missing_path, sink_path) = (missing.display().to_string(), sink.display().to_string());
+    let login = [
+        "login",
+        "-method",
+        "jwt",
+        "-bearer-token-file",
+        &missing_path,
+        "-token-sink-file",
+        &sink_path,
+    ];
     let run = berth(
-        &[
-            "login",
-            "-method",
-            "jwt",
-            "-type",
-            "jwt",
-            "-bearer-token-file",
-            &missing.display().to_string(),
-            "-token-sink-file",
-            &sink.display().to_string(),
-            "-http-addr",
-            &addr,
-        ],
+        &[&login[..], &["-type", "jwt", "-http-addr", &addr]].concat(),
         &[],
     );
     let err = run.failed();
-    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains(&missing_path), "{err}");
     assert!(!sink.exists(), "no sink file is written");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
@@ -765,20 +657,7 @@ fn login_with_a_missing_bearer_token_file_names_it() {
     );
 
     // `-meta` without `=` is bad usage: exit 2.
-    let run = berth(
-        &[
-            "login",
-            "-method",
-            "jwt",
-            "-bearer-token-file",
-            &missing.display().to_string(),
-            "-token-sink-file",
-            &sink.display().to_string(),
-            "-meta",
-            "novalue",
-        ],
-        &[],
-    );
+    let run = berth(&[&login[..], &["-meta", "novalue"]].concat(), &[]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("novalue"), "{}", run.stderr);
 }

@@ -6,7 +6,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use super::flags::{object, parse_config, parse_duration_arg, set_opt};
+use super::Endpoint;
+use super::flags::{keep_only, parse_config, parse_duration_arg, set_opt};
 use crate::http::Api;
 use crate::output::{self, OutputArgs};
 
@@ -110,11 +111,7 @@ pub fn apply_update(
         .map(|c| parse_config(c, stdin))
         .transpose()?;
     if a.no_merge {
-        let name = m.get("Name").cloned().unwrap_or_else(|| json!(a.name));
-        let kind = m.get("Type").cloned().unwrap_or(Value::Null);
-        m.clear();
-        m.insert("Name".into(), name);
-        m.insert("Type".into(), kind);
+        keep_only(m, &[("Name", json!(a.name)), ("Type", Value::Null)]);
     }
     set_opt(m, "DisplayName", a.display_name.as_deref());
     set_opt(m, "Description", a.description.as_deref());
@@ -125,6 +122,11 @@ pub fn apply_update(
     }
     Ok(())
 }
+
+const AUTH_METHOD: Endpoint = Endpoint {
+    path: "auth-method",
+    noun: "auth method",
+};
 
 pub async fn run(cmd: MethodCommand, api: &Api, out: &OutputArgs) -> anyhow::Result<()> {
     match cmd {
@@ -137,33 +139,16 @@ pub async fn run(cmd: MethodCommand, api: &Api, out: &OutputArgs) -> anyhow::Res
             out.print_one(&m, output::auth_method)
         }
         MethodCommand::Read(a) => {
-            let m = api
-                .get(&["acl", "auth-method", &a.name], &[])
-                .await
-                .with_context(|| format!("cannot read auth method {:?}", a.name))?;
+            let m = AUTH_METHOD.read(api, &a.name).await?;
             out.print_one(&m, output::auth_method)
         }
         MethodCommand::Update(a) => {
-            let what = format!("auth method {:?}", a.name);
-            let current = api
-                .get(&["acl", "auth-method", &a.name], &[])
-                .await
-                .with_context(|| format!("cannot read {what}"))?;
-            let mut m = object(current, &what)?;
-            apply_update(&mut m, &a, &mut std::io::stdin())?;
-            let m = api
-                .put(&["acl", "auth-method", &a.name], Some(&Value::Object(m)))
-                .await
-                .with_context(|| format!("cannot update {what}"))?;
+            let m = AUTH_METHOD
+                .update(api, &a.name, |m| apply_update(m, &a, &mut std::io::stdin()))
+                .await?;
             out.print_one(&m, output::auth_method)
         }
-        MethodCommand::Delete(a) => {
-            api.delete(&["acl", "auth-method", &a.name])
-                .await
-                .with_context(|| format!("cannot delete auth method {:?}", a.name))?;
-            output::emit(&format!("Auth method {:?} deleted successfully", a.name));
-            Ok(())
-        }
+        MethodCommand::Delete(a) => AUTH_METHOD.delete(api, &a.name).await,
         MethodCommand::List => {
             let list = api
                 .get(&["acl", "auth-methods"], &[])

@@ -4,7 +4,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use super::flags::{object, set_opt};
+use super::Endpoint;
+use super::flags::{keep_only, set_opt};
 use crate::http::Api;
 use crate::output::{self, OutputArgs};
 
@@ -93,17 +94,18 @@ pub fn create_body(a: &RuleCreate) -> Value {
 /// The rule as read, with the update's changes.
 pub fn apply_update(r: &mut Map<String, Value>, a: &RuleUpdate) {
     if a.no_merge {
-        let id = r.get("ID").cloned().unwrap_or_else(|| json!(a.id));
-        let method = r.get("AuthMethod").cloned().unwrap_or(Value::Null);
-        r.clear();
-        r.insert("ID".into(), id);
-        r.insert("AuthMethod".into(), method);
+        keep_only(r, &[("ID", json!(a.id)), ("AuthMethod", Value::Null)]);
     }
     set_opt(r, "BindType", a.bind_type.as_deref());
     set_opt(r, "BindName", a.bind_name.as_deref());
     set_opt(r, "Selector", a.selector.as_deref());
     set_opt(r, "Description", a.description.as_deref());
 }
+
+const BINDING_RULE: Endpoint = Endpoint {
+    path: "binding-rule",
+    noun: "binding rule",
+};
 
 pub async fn run(cmd: RuleCommand, api: &Api, out: &OutputArgs) -> anyhow::Result<()> {
     match cmd {
@@ -120,33 +122,19 @@ pub async fn run(cmd: RuleCommand, api: &Api, out: &OutputArgs) -> anyhow::Resul
             out.print_one(&r, output::binding_rule)
         }
         RuleCommand::Read(a) => {
-            let r = api
-                .get(&["acl", "binding-rule", &a.id], &[])
-                .await
-                .with_context(|| format!("cannot read binding rule {:?}", a.id))?;
+            let r = BINDING_RULE.read(api, &a.id).await?;
             out.print_one(&r, output::binding_rule)
         }
         RuleCommand::Update(a) => {
-            let what = format!("binding rule {:?}", a.id);
-            let current = api
-                .get(&["acl", "binding-rule", &a.id], &[])
-                .await
-                .with_context(|| format!("cannot read {what}"))?;
-            let mut r = object(current, &what)?;
-            apply_update(&mut r, &a);
-            let r = api
-                .put(&["acl", "binding-rule", &a.id], Some(&Value::Object(r)))
-                .await
-                .with_context(|| format!("cannot update {what}"))?;
+            let r = BINDING_RULE
+                .update(api, &a.id, |r| {
+                    apply_update(r, &a);
+                    Ok(())
+                })
+                .await?;
             out.print_one(&r, output::binding_rule)
         }
-        RuleCommand::Delete(a) => {
-            api.delete(&["acl", "binding-rule", &a.id])
-                .await
-                .with_context(|| format!("cannot delete binding rule {:?}", a.id))?;
-            output::emit(&format!("Binding rule {:?} deleted successfully", a.id));
-            Ok(())
-        }
+        RuleCommand::Delete(a) => BINDING_RULE.delete(api, &a.id).await,
         RuleCommand::List(a) => {
             let list = api
                 .get(

@@ -19,10 +19,6 @@ pub struct PolicyLinks {
 }
 
 impl PolicyLinks {
-    pub fn given(&self) -> bool {
-        !self.policy_ids.is_empty() || !self.policy_names.is_empty()
-    }
-
     pub fn json(&self) -> Vec<Value> {
         links(&self.policy_ids, &self.policy_names)
     }
@@ -40,10 +36,6 @@ pub struct RoleLinks {
 }
 
 impl RoleLinks {
-    pub fn given(&self) -> bool {
-        !self.role_ids.is_empty() || !self.role_names.is_empty()
-    }
-
     pub fn json(&self) -> Vec<Value> {
         links(&self.role_ids, &self.role_names)
     }
@@ -89,7 +81,7 @@ impl Identities {
             let vars: Map<String, Value> = self
                 .vars
                 .iter()
-                .map(|(k, v)| (template_var_key(k), json!(v)))
+                .map(|(k, v)| (capitalized(k), json!(v)))
                 .collect();
             t.insert("TemplateVariables".into(), Value::Object(vars));
         }
@@ -128,17 +120,20 @@ impl Identities {
         }
     }
 
+    /// All three kinds under their keys in the API, empty when not given.
+    pub fn lists(&self) -> [(&'static str, Vec<Value>); 3] {
+        [
+            ("ServiceIdentities", self.service_json()),
+            ("NodeIdentities", self.node_json()),
+            ("TemplatedPolicies", self.templated_json()),
+        ]
+    }
+
     /// Sets all three kinds, empty when not given (for `-no-merge` updates).
     pub fn replace_all(&self, obj: &mut Map<String, Value>) {
-        obj.insert(
-            "ServiceIdentities".into(),
-            Value::Array(self.service_json()),
-        );
-        obj.insert("NodeIdentities".into(), Value::Array(self.node_json()));
-        obj.insert(
-            "TemplatedPolicies".into(),
-            Value::Array(self.templated_json()),
-        );
+        for (k, v) in self.lists() {
+            obj.insert(k.into(), Value::Array(v));
+        }
     }
 }
 
@@ -167,8 +162,8 @@ fn service_identity_json(s: &ServiceIdentity) -> Value {
     Value::Object(m)
 }
 
-/// The key of a templated-policy variable in the API (`name` -> `Name`).
-fn template_var_key(k: &str) -> String {
+/// `name` -> `Name`: a templated-policy variable's key in the API, or a noun starting a sentence.
+pub fn capitalized(k: &str) -> String {
     let mut c = k.chars();
     match c.next() {
         Some(first) => first.to_ascii_uppercase().to_string() + c.as_str(),
@@ -215,6 +210,39 @@ fn lower_keys(v: &Value) -> Value {
         ),
         other => other.clone(),
     }
+}
+
+/// Sets or merges (as [`set_list`]) the links under `key`; with none given, leaves them alone.
+pub fn set_links(obj: &mut Map<String, Value>, key: &str, new: Vec<Value>, merge: bool) {
+    if !new.is_empty() {
+        set_list(obj, key, new, merge, same_link);
+    }
+}
+
+/// Inserts each list that is not empty under its key; a create request leaves the others out.
+pub fn insert_lists(
+    obj: &mut Map<String, Value>,
+    lists: impl IntoIterator<Item = (&'static str, Vec<Value>)>,
+) {
+    for (k, v) in lists {
+        if !v.is_empty() {
+            obj.insert(k.into(), Value::Array(v));
+        }
+    }
+}
+
+/// Empties `obj` but for `keys`, each as read or, missing, its fallback: a `-no-merge` update
+/// starts again from what identifies the object.
+pub fn keep_only(obj: &mut Map<String, Value>, keys: &[(&str, Value)]) {
+    let kept: Vec<(String, Value)> = keys
+        .iter()
+        .map(|(k, fallback)| {
+            let v = obj.get(*k).cloned().unwrap_or_else(|| fallback.clone());
+            (k.to_string(), v)
+        })
+        .collect();
+    obj.clear();
+    obj.extend(kept);
 }
 
 /// Sets `obj[key]` to `new`, or (with `merge`) adds the items of `new` to the list there, an

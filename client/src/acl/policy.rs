@@ -6,7 +6,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use super::flags::{object, read_source, set_opt};
+use super::Endpoint;
+use super::flags::{read_source, set_opt};
 use crate::http::Api;
 use crate::output::{self, OutputArgs};
 
@@ -103,20 +104,10 @@ pub fn apply_update(
     Ok(())
 }
 
-/// Reads a policy by ID or by name.
-async fn read(api: &Api, r: &PolicyRef) -> anyhow::Result<Value> {
-    match (&r.id, &r.name) {
-        (Some(id), _) => api
-            .get(&["acl", "policy", id], &[])
-            .await
-            .with_context(|| format!("cannot read policy {id:?}")),
-        (None, Some(name)) => api
-            .get(&["acl", "policy", "name", name], &[])
-            .await
-            .with_context(|| format!("cannot read policy {name:?}")),
-        (None, None) => anyhow::bail!("give -id or -name"),
-    }
-}
+const POLICY: Endpoint = Endpoint {
+    path: "policy",
+    noun: "policy",
+};
 
 pub async fn run(cmd: PolicyCommand, api: &Api, out: &OutputArgs) -> anyhow::Result<()> {
     match cmd {
@@ -129,41 +120,22 @@ pub async fn run(cmd: PolicyCommand, api: &Api, out: &OutputArgs) -> anyhow::Res
             out.print_one(&p, output::policy)
         }
         PolicyCommand::Read(r) => {
-            let p = read(api, &r).await?;
+            let p = POLICY
+                .read_by_id_or_name(api, r.id.as_deref(), r.name.as_deref())
+                .await?;
             out.print_one(&p, output::policy)
         }
         PolicyCommand::Update(a) => {
-            let what = format!("policy {:?}", a.id);
-            let current = api
-                .get(&["acl", "policy", &a.id], &[])
-                .await
-                .with_context(|| format!("cannot read {what}"))?;
-            let mut p = object(current, &what)?;
-            apply_update(&mut p, &a, &mut std::io::stdin())?;
-            let p = api
-                .put(&["acl", "policy", &a.id], Some(&Value::Object(p)))
-                .await
-                .with_context(|| format!("cannot update {what}"))?;
+            let p = POLICY
+                .update(api, &a.id, |p| apply_update(p, &a, &mut std::io::stdin()))
+                .await?;
             out.print_one(&p, output::policy)
         }
         PolicyCommand::Delete(r) => {
-            let id = match (&r.id, &r.name) {
-                (Some(id), _) => id.clone(),
-                _ => {
-                    let p = read(api, &r).await?;
-                    let what = format!("policy {:?}", r.name.as_deref().unwrap_or_default());
-                    let p = object(p, &what)?;
-                    p.get("ID")
-                        .and_then(Value::as_str)
-                        .with_context(|| format!("the server's {what} has no ID"))?
-                        .to_string()
-                }
-            };
-            api.delete(&["acl", "policy", &id])
-                .await
-                .with_context(|| format!("cannot delete policy {id:?}"))?;
-            output::emit(&format!("Policy {id:?} deleted successfully"));
-            Ok(())
+            let id = POLICY
+                .id_of(api, r.id.as_deref(), r.name.as_deref())
+                .await?;
+            POLICY.delete(api, &id).await
         }
         PolicyCommand::List => {
             let list = api

@@ -4,7 +4,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use super::flags::{Identities, Merge, PolicyLinks, object, same_link, set_list, set_opt};
+use super::Endpoint;
+use super::flags::{Identities, Merge, PolicyLinks, insert_lists, keep_only, set_links, set_opt};
 use crate::http::Api;
 use crate::output::{self, OutputArgs};
 
@@ -78,17 +79,8 @@ pub fn create_body(a: &RoleCreate) -> Value {
     let mut m = Map::new();
     m.insert("Name".into(), json!(a.name));
     set_opt(&mut m, "Description", a.description.as_deref());
-    let lists = [
-        ("Policies", a.policies.json()),
-        ("ServiceIdentities", a.identities.service_json()),
-        ("NodeIdentities", a.identities.node_json()),
-        ("TemplatedPolicies", a.identities.templated_json()),
-    ];
-    for (k, v) in lists {
-        if !v.is_empty() {
-            m.insert(k.into(), Value::Array(v));
-        }
-    }
+    insert_lists(&mut m, [("Policies", a.policies.json())]);
+    insert_lists(&mut m, a.identities.lists());
     Value::Object(m)
 }
 
@@ -96,9 +88,7 @@ pub fn create_body(a: &RoleCreate) -> Value {
 /// with `-no-merge` rebuilt from the flags alone.
 pub fn apply_update(r: &mut Map<String, Value>, a: &RoleUpdate) {
     if a.no_merge {
-        let id = r.get("ID").cloned().unwrap_or_else(|| json!(a.id));
-        r.clear();
-        r.insert("ID".into(), id);
+        keep_only(r, &[("ID", json!(a.id))]);
         r.insert("Name".into(), json!(a.name.as_deref().unwrap_or_default()));
         r.insert(
             "Description".into(),
@@ -110,25 +100,14 @@ pub fn apply_update(r: &mut Map<String, Value>, a: &RoleUpdate) {
     }
     set_opt(r, "Name", a.name.as_deref());
     set_opt(r, "Description", a.description.as_deref());
-    if a.policies.given() {
-        set_list(r, "Policies", a.policies.json(), true, same_link);
-    }
+    set_links(r, "Policies", a.policies.json(), true);
     a.identities.apply(r, Merge::ALL);
 }
 
-async fn read(api: &Api, r: &RoleRef) -> anyhow::Result<Value> {
-    match (&r.id, &r.name) {
-        (Some(id), _) => api
-            .get(&["acl", "role", id], &[])
-            .await
-            .with_context(|| format!("cannot read role {id:?}")),
-        (None, Some(name)) => api
-            .get(&["acl", "role", "name", name], &[])
-            .await
-            .with_context(|| format!("cannot read role {name:?}")),
-        (None, None) => anyhow::bail!("give -id or -name"),
-    }
-}
+const ROLE: Endpoint = Endpoint {
+    path: "role",
+    noun: "role",
+};
 
 pub async fn run(cmd: RoleCommand, api: &Api, out: &OutputArgs) -> anyhow::Result<()> {
     match cmd {
@@ -140,40 +119,23 @@ pub async fn run(cmd: RoleCommand, api: &Api, out: &OutputArgs) -> anyhow::Resul
             out.print_one(&r, output::role)
         }
         RoleCommand::Read(r) => {
-            let v = read(api, &r).await?;
+            let v = ROLE
+                .read_by_id_or_name(api, r.id.as_deref(), r.name.as_deref())
+                .await?;
             out.print_one(&v, output::role)
         }
         RoleCommand::Update(a) => {
-            let what = format!("role {:?}", a.id);
-            let current = api
-                .get(&["acl", "role", &a.id], &[])
-                .await
-                .with_context(|| format!("cannot read {what}"))?;
-            let mut r = object(current, &what)?;
-            apply_update(&mut r, &a);
-            let r = api
-                .put(&["acl", "role", &a.id], Some(&Value::Object(r)))
-                .await
-                .with_context(|| format!("cannot update {what}"))?;
+            let r = ROLE
+                .update(api, &a.id, |r| {
+                    apply_update(r, &a);
+                    Ok(())
+                })
+                .await?;
             out.print_one(&r, output::role)
         }
         RoleCommand::Delete(r) => {
-            let id = match &r.id {
-                Some(id) => id.clone(),
-                None => {
-                    let what = format!("role {:?}", r.name.as_deref().unwrap_or_default());
-                    let v = object(read(api, &r).await?, &what)?;
-                    v.get("ID")
-                        .and_then(Value::as_str)
-                        .with_context(|| format!("the server's {what} has no ID"))?
-                        .to_string()
-                }
-            };
-            api.delete(&["acl", "role", &id])
-                .await
-                .with_context(|| format!("cannot delete role {id:?}"))?;
-            output::emit(&format!("Role {id:?} deleted successfully"));
-            Ok(())
+            let id = ROLE.id_of(api, r.id.as_deref(), r.name.as_deref()).await?;
+            ROLE.delete(api, &id).await
         }
         RoleCommand::List(a) => {
             let list = api

@@ -4,9 +4,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
+use super::Endpoint;
 use super::flags::{
-    Identities, Merge, PolicyLinks, RoleLinks, object, parse_duration_arg, same_link, set_list,
-    set_opt,
+    Identities, Merge, PolicyLinks, RoleLinks, insert_lists, parse_duration_arg, set_links, set_opt,
 };
 use crate::http::Api;
 use crate::output::{self, OutputArgs};
@@ -135,18 +135,9 @@ pub struct TokenClone {
 pub fn create_body(a: &TokenCreate) -> Value {
     let mut m = Map::new();
     set_opt(&mut m, "Description", a.description.as_deref());
-    let lists = [
-        ("Policies", a.policies.json()),
-        ("Roles", a.roles.json()),
-        ("ServiceIdentities", a.identities.service_json()),
-        ("NodeIdentities", a.identities.node_json()),
-        ("TemplatedPolicies", a.identities.templated_json()),
-    ];
-    for (k, v) in lists {
-        if !v.is_empty() {
-            m.insert(k.into(), Value::Array(v));
-        }
-    }
+    let links = [("Policies", a.policies.json()), ("Roles", a.roles.json())];
+    insert_lists(&mut m, links);
+    insert_lists(&mut m, a.identities.lists());
     set_opt(&mut m, "ExpirationTTL", a.expires_ttl.as_deref());
     if a.local {
         m.insert("Local".into(), json!(true));
@@ -158,21 +149,9 @@ pub fn create_body(a: &TokenCreate) -> Value {
 
 /// The token as read, with the update's changes.
 pub fn apply_update(tok: &mut Map<String, Value>, a: &TokenUpdate) {
-    if let Some(d) = &a.description {
-        tok.insert("Description".into(), json!(d));
-    }
-    if a.policies.given() {
-        set_list(
-            tok,
-            "Policies",
-            a.policies.json(),
-            a.merge_policies,
-            same_link,
-        );
-    }
-    if a.roles.given() {
-        set_list(tok, "Roles", a.roles.json(), a.merge_roles, same_link);
-    }
+    set_opt(tok, "Description", a.description.as_deref());
+    set_links(tok, "Policies", a.policies.json(), a.merge_policies);
+    set_links(tok, "Roles", a.roles.json(), a.merge_roles);
     a.identities.apply(
         tok,
         Merge {
@@ -182,6 +161,11 @@ pub fn apply_update(tok: &mut Map<String, Value>, a: &TokenUpdate) {
         },
     );
 }
+
+const TOKEN: Endpoint = Endpoint {
+    path: "token",
+    noun: "token",
+};
 
 pub async fn run(cmd: TokenCommand, api: &Api, out: &OutputArgs) -> anyhow::Result<()> {
     match cmd {
@@ -194,10 +178,7 @@ pub async fn run(cmd: TokenCommand, api: &Api, out: &OutputArgs) -> anyhow::Resu
         }
         TokenCommand::Read(a) => {
             let t = match &a.id {
-                Some(id) => api
-                    .get(&["acl", "token", id], &[])
-                    .await
-                    .with_context(|| format!("cannot read token {id:?}"))?,
+                Some(id) => TOKEN.read(api, id).await?,
                 None => api
                     .get(&["acl", "token", "self"], &[])
                     .await
@@ -206,26 +187,15 @@ pub async fn run(cmd: TokenCommand, api: &Api, out: &OutputArgs) -> anyhow::Resu
             out.print_one(&t, output::token)
         }
         TokenCommand::Update(a) => {
-            let what = format!("token {:?}", a.id);
-            let current = api
-                .get(&["acl", "token", &a.id], &[])
-                .await
-                .with_context(|| format!("cannot read {what}"))?;
-            let mut tok = object(current, &what)?;
-            apply_update(&mut tok, &a);
-            let t = api
-                .put(&["acl", "token", &a.id], Some(&Value::Object(tok)))
-                .await
-                .with_context(|| format!("cannot update {what}"))?;
+            let t = TOKEN
+                .update(api, &a.id, |tok| {
+                    apply_update(tok, &a);
+                    Ok(())
+                })
+                .await?;
             out.print_one(&t, output::token)
         }
-        TokenCommand::Delete(a) => {
-            api.delete(&["acl", "token", &a.id])
-                .await
-                .with_context(|| format!("cannot delete token {:?}", a.id))?;
-            output::emit(&format!("Token {:?} deleted successfully", a.id));
-            Ok(())
-        }
+        TokenCommand::Delete(a) => TOKEN.delete(api, &a.id).await,
         TokenCommand::List(a) => {
             let query = [
                 ("policy", a.policy.as_deref().unwrap_or_default()),
