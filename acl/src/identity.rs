@@ -45,6 +45,18 @@ impl Identity {
         !self.enforce || self.authz.allowed(r, name, want)
     }
 
+    /// `intentions:read|write` on a destination service.
+    pub fn check_intentions(&self, service: &str, want: Access) -> Result<(), Denied> {
+        if !self.enforce || self.authz.intentions_allowed(service, want) {
+            return Ok(());
+        }
+        Err(Denied {
+            accessor: self.accessor_id.clone(),
+            permission: format!("intentions:{}", want.as_str()),
+            on: format!(" on {service:?}"),
+        })
+    }
+
     pub fn check(&self, r: Resource, name: &str, want: Access) -> Result<(), Denied> {
         if self.can(r, name, want) {
             return Ok(());

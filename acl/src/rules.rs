@@ -303,6 +303,37 @@ impl Authorizer {
         }
     }
 
+    /// `intentions` access to a destination service: the `intentions` of the most specific
+    /// service rule that sets it; without one, a service rule's read or write grants
+    /// intentions read, as Consul's does.
+    pub fn intentions_allowed(&self, service: &str, want: Access) -> bool {
+        if self.management {
+            return true;
+        }
+        let found = self
+            .rules
+            .intentions_exact
+            .get(service)
+            .copied()
+            .or_else(|| {
+                self.rules
+                    .intentions_prefix
+                    .iter()
+                    .filter(|(p, _)| service.starts_with(p.as_str()))
+                    .max_by_key(|(p, _)| p.len())
+                    .map(|(_, a)| *a)
+            });
+        match found {
+            Some(Access::Deny) => false,
+            Some(a) => a >= want,
+            None => match self.lookup(Resource::Service, service) {
+                Some(Access::Deny) => false,
+                Some(_) => want == Access::Read,
+                None => self.default_allow,
+            },
+        }
+    }
+
     pub fn is_management(&self) -> bool {
         self.management
     }
@@ -319,6 +350,39 @@ mod tests {
 
     fn auth(text: &str, default_allow: bool) -> Authorizer {
         Authorizer::new(parse_rules(text).unwrap(), default_allow, false)
+    }
+
+    #[test]
+    fn intentions_follow_service_rules() {
+        let a = auth(
+            r#"
+            service "api" {
+              policy = "read"
+              intentions = "write"
+            }
+            service_prefix "web" { policy = "write" }
+            service_prefix "" {
+              policy = "read"
+              intentions = "deny"
+            }
+            service "db" { policy = "deny" }
+            "#,
+            true,
+        );
+        assert!(a.intentions_allowed("api", Access::Write));
+        // The deny on the "" prefix is more specific than no intentions on the web prefix.
+        assert!(!a.intentions_allowed("web-1", Access::Read));
+        assert!(!a.intentions_allowed("billing", Access::Read));
+        let b = auth(r#"service_prefix "web" { policy = "write" }"#, false);
+        assert!(
+            b.intentions_allowed("web-1", Access::Read),
+            "service access implies read"
+        );
+        assert!(!b.intentions_allowed("web-1", Access::Write));
+        assert!(!b.intentions_allowed("other", Access::Read), "default deny");
+        let c = auth(r#"service "db" { policy = "deny" }"#, true);
+        assert!(!c.intentions_allowed("db", Access::Read));
+        assert!(c.intentions_allowed("x", Access::Write), "default allow");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod acl;
 pub mod agent;
 pub mod catalog;
+pub mod connect;
 pub mod cli;
 pub mod config;
 pub mod duration;

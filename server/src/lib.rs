@@ -8,6 +8,7 @@ pub mod acl;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod connect;
 pub mod http;
 pub mod local_agent;
 pub mod logs;
@@ -221,6 +222,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     tokio::spawn(cluster::session_ttl_loop(node.clone()));
     tokio::spawn(cluster::server_catalog_loop(node.clone()));
     tokio::spawn(acl::acl_leader_loop(node.clone()));
+    tokio::spawn(connect::ca_leader_loop(node.clone()));
     tracing::info!(
         node = %cfg.node_name,
         id = %uuid,

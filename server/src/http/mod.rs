@@ -7,6 +7,7 @@
 mod acl;
 mod agent_host;
 mod catalog;
+mod connect;
 mod health;
 mod kv;
 mod session;
@@ -137,6 +138,33 @@ pub fn router(node: Arc<Node>, agent: Arc<berth_agent::Agent>) -> Router {
                 .delete(acl::rule_delete),
         )
         .route("/v1/acl/binding-rules", get(acl::rule_list))
+        .route("/v1/connect/ca/roots", get(connect::roots))
+        .route(
+            "/v1/connect/ca/configuration",
+            get(connect::config_get).put(connect::config_put),
+        )
+        .route("/v1/connect/ca/sign", put(connect::sign))
+        .route("/v1/config", put(connect::entry_put))
+        .route("/v1/config/{kind}", get(connect::entry_list))
+        .route(
+            "/v1/config/{kind}/{name}",
+            get(connect::entry_get).delete(connect::entry_delete),
+        )
+        .route("/v1/connect/intentions", get(connect::intention_list))
+        .route(
+            "/v1/connect/intentions/exact",
+            get(connect::intention_exact_get)
+                .put(connect::intention_exact_put)
+                .delete(connect::intention_exact_delete),
+        )
+        .route(
+            "/v1/connect/intentions/check",
+            get(connect::intention_check),
+        )
+        .route(
+            "/v1/connect/intentions/match",
+            get(connect::intention_match),
+        )
         .route("/v1/acl/templated-policies", get(acl::templated_list))
         .route(
             "/v1/acl/templated-policy/name/{*name}",

@@ -6,6 +6,7 @@
 
 pub mod acl;
 mod catalog;
+pub mod connect;
 mod kv;
 mod session;
 pub mod watch;
@@ -30,6 +31,7 @@ pub enum Command {
     Batch(Vec<Command>),
     Catalog(CatalogOp),
     Acl(acl::AclOp),
+    Connect(connect::ConnectOp),
 }
 
 /// What applying a command answers the writer.
@@ -55,6 +57,8 @@ pub enum Table {
     Services,
     Checks,
     Acl,
+    ConnectCa,
+    ConfigEntries,
 }
 
 /// The replicated tables. Serialized whole into snapshots.
@@ -77,6 +81,8 @@ pub struct State {
     pub table_index: BTreeMap<Table, u64>,
     #[serde(default)]
     pub acl: acl::AclTables,
+    #[serde(default)]
+    pub connect: connect::ConnectTables,
     /// Not replicated: when each key's lock-delay ends, recorded locally when a session that
     /// held it is invalidated (as Consul does), and consulted by the leader before an acquire.
     #[serde(skip)]
@@ -114,6 +120,7 @@ impl State {
             Command::Session(op) => self.apply_session(index, op, changes),
             Command::Catalog(op) => self.apply_catalog(index, op, changes),
             Command::Acl(op) => self.apply_acl(index, op, changes),
+            Command::Connect(op) => self.apply_connect(index, op, changes),
             Command::Batch(cmds) => {
                 CommandResult::Batch(cmds.iter().map(|c| self.apply(index, c, changes)).collect())
             }
