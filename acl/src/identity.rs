@@ -3,7 +3,7 @@
 use crate::rules::{Access, Authorizer, Resource, Rules};
 
 /// Attached to every request by the server's ACL layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub accessor_id: String,
     pub authz: Authorizer,

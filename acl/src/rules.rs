@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Access {
     Deny,
     Read,
@@ -31,7 +32,7 @@ impl Access {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Resource {
     Service,
     Node,
@@ -100,11 +101,40 @@ pub enum RulesError {
     Invalid(String),
 }
 
+/// Maps with tuple keys travel as lists of pairs (JSON keys must be strings): client
+/// agents receive resolved rules from the servers.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<
+        'de,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    >(
+        d: D,
+    ) -> Result<BTreeMap<K, V>, D::Error> {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 /// Parsed rules: per resource, exact and prefix grants, plus the global resources.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rules {
+    #[serde(with = "pairs")]
     pub exact: BTreeMap<(Resource, String), Access>,
+    #[serde(with = "pairs")]
     pub prefix: BTreeMap<(Resource, String), Access>,
+    #[serde(with = "pairs")]
     pub global: BTreeMap<Resource, Access>,
     /// `intentions = "..."` of service rules, for the mesh (by exact/prefix service name).
     pub intentions_exact: BTreeMap<String, Access>,
@@ -251,7 +281,7 @@ pub fn parse_rules(text: &str) -> Result<Rules, RulesError> {
 }
 
 /// A token's merged rules plus the default policy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Authorizer {
     rules: Rules,
     /// `default_policy`: allow or deny for what no rule covers.
@@ -350,6 +380,21 @@ mod tests {
 
     fn auth(text: &str, default_allow: bool) -> Authorizer {
         Authorizer::new(parse_rules(text).unwrap(), default_allow, false)
+    }
+
+    #[test]
+    fn authorizers_travel_as_json() {
+        let a = auth(
+            r#"service "web" { policy = "write" }
+key_prefix "app/" { policy = "read" }
+operator = "read""#,
+            false,
+        );
+        let b: Authorizer = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert!(b.allowed(Resource::Service, "web", Access::Write));
+        assert!(b.allowed(Resource::Key, "app/x", Access::Read));
+        assert!(b.allowed(Resource::Operator, "", Access::Read));
+        assert!(!b.allowed(Resource::Key, "other", Access::Read));
     }
 
     #[test]

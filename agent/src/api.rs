@@ -191,6 +191,7 @@ async fn list_checks(
 async fn register_service(
     State(agent): State<Arc<Agent>>,
     axum::Extension(acl): Id,
+    token: Option<axum::Extension<crate::http_util::RequestToken>>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -204,7 +205,18 @@ async fn register_service(
         if let Some(side) = &new.sidecar {
             acl.check(Resource::Service, &side.service.service, Access::Write)?;
         }
-        st.add_service(new, None, replace)
+        let ids: Vec<String> = std::iter::once(new.service.id.clone())
+            .chain(new.sidecar.as_ref().map(|s| s.service.id.clone()))
+            .collect();
+        let started = st.add_service(new, None, replace);
+        if let Some(axum::Extension(crate::http_util::RequestToken(Some(t)))) = token
+            && !t.is_empty()
+        {
+            for id in ids {
+                st.tokens.insert(id, t.clone());
+            }
+        }
+        started
     };
     for id in started {
         checks::start(&agent, &id);

@@ -58,6 +58,11 @@ impl From<berth_acl::Denied> for ApiError {
 /// The request's resolved ACL identity (set by the host's ACL layer).
 pub type Id = axum::Extension<std::sync::Arc<berth_acl::Identity>>;
 
+/// The caller's token, for requests a handler makes on its behalf (set by the host's ACL
+/// layer next to the [`Id`]).
+#[derive(Clone, Debug, Default)]
+pub struct RequestToken(pub Option<String>);
+
 /// Marks an answer whose list the token's ACLs shortened, as Consul does.
 pub fn filtered_by_acls(mut resp: Response, filtered: bool) -> Response {
     if filtered {

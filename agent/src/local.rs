@@ -161,6 +161,9 @@ pub struct LocalState {
     pub node: String,
     pub services: BTreeMap<String, LocalService>,
     pub checks: BTreeMap<String, LocalCheck>,
+    /// The token each service was registered with (by service ID): anti-entropy writes the
+    /// service with it, as Consul's agents do, so a service token registers what it may.
+    pub tokens: BTreeMap<String, String>,
     generation: u64,
     next_runner: u64,
     sidecar_ports: (u16, u16),
@@ -179,6 +182,7 @@ impl LocalState {
             node: cfg.node.node.clone(),
             services: BTreeMap::new(),
             checks: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             generation: 0,
             next_runner: 1,
             sidecar_ports: cfg.sidecar_ports,
@@ -681,6 +685,7 @@ impl LocalState {
     /// Removes a service, its checks, and the sidecars registered with it. Returns whether
     /// it existed.
     pub fn remove_service(&mut self, id: &str) -> bool {
+        // The service's token stays until anti-entropy has deregistered it with that token.
         if self.services.remove(id).is_none() {
             return false;
         }

@@ -5,6 +5,7 @@
 //! duties), `http` (the Consul-compatible API), `tls`.
 
 pub mod acl;
+pub mod agent_rpc;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -423,6 +423,7 @@ impl Node {
                 let rec = self.store.read().catalog.get(&name).cloned();
                 rpc::json_reply(&rec)
             }
+            k if k.starts_with("agent.") => crate::agent_rpc::handle(self, env).await,
             other => Err(Status::unimplemented(format!("unknown RPC kind {other:?}"))),
         }
     }

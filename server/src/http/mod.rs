@@ -189,9 +189,7 @@ tokio::task_local! {
     static REQUEST_TOKEN: Option<String>;
 }
 
-/// The caller's token, for requests a handler makes on its behalf.
-#[derive(Clone)]
-pub struct RequestToken(pub Option<String>);
+pub use berth_agent::http_util::RequestToken;
 
 /// The token of a request: `X-Consul-Token`, `Authorization: Bearer`, or `?token=`.
 fn request_token(req: &Request) -> Option<String> {
