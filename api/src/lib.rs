@@ -4,9 +4,9 @@
 pub mod acl;
 pub mod agent;
 pub mod catalog;
-pub mod connect;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod duration;
 pub mod filter;
 pub mod iam;

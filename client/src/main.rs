@@ -1,11 +1,15 @@
-//! `berth`: the client agent (`berth agent`, to come) and the operator CLI.
+//! `berth`: the client agent (`berth agent`) and the operator CLI.
 //!
 //! Flags take one dash or two (`-token`, `--token`): arguments go through
 //! `berth_api::cli::normalize_args` before clap sees them. A failure prints one line,
 //! `Error: <what is wrong>`, on stderr and exits 1; bad usage exits 2.
 
 mod acl;
+mod agent;
+mod config;
+mod connect;
 mod http;
+mod intention;
 mod login;
 mod output;
 
@@ -36,6 +40,15 @@ enum Command {
     Login(login::LoginArgs),
     /// Destroy the token given with -token or -token-file (one made by `berth login`).
     Logout(login::LogoutArgs),
+    /// Write, read, list and delete config entries (service-defaults, proxy-defaults,
+    /// service-intentions).
+    Config(config::ConfigArgs),
+    /// Create, read, list, check, match and delete intentions.
+    Intention(intention::IntentionArgs),
+    /// Run the client agent of a task: agent API, anti-entropy, leaf certificates, xDS.
+    Agent(agent::AgentArgs),
+    /// Service mesh helpers: `connect envoy` bootstraps or runs a sidecar's Envoy.
+    Connect(connect::ConnectArgs),
 }
 
 /// A mistake in how the command was called, found after parsing: exit code 2, as clap's own.
@@ -55,6 +68,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acl(a) => acl::run(a).await,
         Command::Login(a) => login::login(a).await,
         Command::Logout(a) => login::logout(a).await,
+        Command::Config(a) => config::run(a).await,
+        Command::Intention(a) => intention::run(a).await,
+        Command::Agent(a) => agent::run(a).await,
+        Command::Connect(a) => connect::run(a).await,
     }
 }
 
@@ -70,7 +87,15 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(berth_api::cli::normalize_args(std::env::args_os()));
-    let result = tokio::runtime::Builder::new_current_thread()
+    // The agent serves HTTP, xDS and its watches at once; a CLI call is one request.
+    let mut rt = if matches!(cli.command, Command::Agent(_)) {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let result = rt
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)

@@ -2,6 +2,7 @@
 //! ports and directories so that tests run in parallel.
 
 pub mod acl_server;
+pub mod mesh;
 pub mod moto;
 
 use std::future::Future;
@@ -29,7 +30,30 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Chosen below the kernel's ephemeral range (32768 and up), from which `bind(0)` and every
+/// outgoing connection take their ports: a port handed out here is not taken by some
+/// test's client connection before the server it is meant for binds it. Ports already
+/// handed out in this process are not handed out again.
 pub fn free_port() -> u16 {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..20_000u32 {
+        let port = 10_000 + (seed.wrapping_add(i.wrapping_mul(7_919)) % 22_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }

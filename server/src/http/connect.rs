@@ -23,6 +23,9 @@ use crate::state::connect::{CaState, ConnectOp, ConnectTables, StoredRoot};
 use crate::state::watch::WatchTarget;
 use crate::state::{Command, CommandResult, State as Tables, Table};
 
+/// On `/v1/connect/intentions/match`: what applies when no intention matches.
+pub const DEFAULT_INTENTION_HEADER: &str = "x-berth-default-intention";
+
 fn denied(e: berth_acl::Denied) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, e.to_string())
 }
@@ -667,5 +670,16 @@ pub async fn intention_match(
         },
     )
     .await?;
-    Ok(with_meta(&node, opts.mode, idx, super::json(&out)))
+    // Agents build proxy RBAC from these and need the decision for an unmatched source.
+    let default = if default_allow(&node) {
+        "allow"
+    } else {
+        "deny"
+    };
+    Ok(with_meta(
+        &node,
+        opts.mode,
+        idx,
+        ([(DEFAULT_INTENTION_HEADER, default)], super::json(&out)),
+    ))
 }

@@ -85,19 +85,9 @@ async fn service_entries(
     let q = Query::parse(raw.as_deref());
     let opts = ReadOpts::parse(&q)?;
     let filter = q.filter()?;
-    // Mesh reads follow every service, since a proxy registers under its own name.
-    let target = if connect {
-        WatchTarget::Table(Table::Services)
-    } else {
-        WatchTarget::Service(name.clone())
-    };
-    let (idx, mut list) = read(&node, &opts, target, |s| {
-        let idx = if connect {
-            s.max_index(&[Table::Services, Table::Checks, Table::Nodes])
-        } else {
-            s.service_read_index(&name)
-        };
-        (idx, entries(s, &name, &q, connect))
+    // A proxy's changes also touch the service it fronts, so mesh reads wait on it too.
+    let (idx, mut list) = read(&node, &opts, WatchTarget::Service(name.clone()), |s| {
+        (s.service_read_index(&name), entries(s, &name, &q, connect))
     })
     .await?;
     let before = list.len();

@@ -41,6 +41,19 @@ fn same_check(a: &HealthCheck, b: &HealthCheck) -> bool {
     a == *b
 }
 
+/// The service a `connect-proxy` instance fronts.
+fn proxy_destination(s: &AgentService) -> Option<String> {
+    if s.kind != "connect-proxy" {
+        return None;
+    }
+    s.proxy
+        .as_ref()?
+        .get("DestinationServiceName")?
+        .as_str()
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+}
+
 impl State {
     /// Rebuilds the service-name index after a snapshot restore.
     pub fn rebuild_catalog_index(&mut self) {
@@ -58,6 +71,21 @@ impl State {
     fn touch_service(&mut self, name: &str, index: u64, changes: &mut Changes) {
         self.service_index.insert(name.to_string(), index);
         changes.services.push(name.to_string());
+        // A sidecar proxy's change changes the mesh view of the service it fronts
+        // (`/v1/health/connect/<destination>` waits on the destination).
+        let dests: BTreeSet<String> = self
+            .by_service
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|(n, id)| self.catalog.get(n)?.services.get(id))
+            .filter_map(proxy_destination)
+            .filter(|d| d != name)
+            .collect();
+        for d in dests {
+            self.service_index.insert(d.clone(), index);
+            changes.services.push(d);
+        }
     }
 
     /// Services on `node`, by name: a node-level check concerns them all.
@@ -232,6 +260,7 @@ impl State {
             (Some(sid), _) => {
                 if let Some(svc) = rec.services.remove(sid) {
                     touched.insert(svc.service.clone());
+                    touched.extend(proxy_destination(&svc));
                     if let Some(set) = self.by_service.get_mut(&svc.service) {
                         set.remove(&(node.to_string(), sid.to_string()));
                     }
@@ -266,6 +295,7 @@ impl State {
                         if let Some(set) = self.by_service.get_mut(&svc.service) {
                             set.remove(&(node.to_string(), id));
                         }
+                        touched.extend(proxy_destination(&svc));
                         touched.insert(svc.service);
                     }
                 }

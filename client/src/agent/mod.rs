@@ -1,0 +1,274 @@
+//! `berth agent`: the client agent of one ECS task (or host). It reaches the servers over
+//! their RPC port, keeps its node, services and checks in the catalog (anti-entropy with each
+//! service's own token), serves the agent API on the task's loopback, keeps the leaf
+//! certificates of its proxies fresh, and configures their Envoys over delta xDS.
+//!
+//! Layout: `servers` (the RPC connection), `acl` (token cache), `catalog` (anti-entropy
+//! backend), `watch` (blocking queries), `leaf`, `proxy` (snapshots), `xds`, `http`.
+
+mod acl;
+mod catalog;
+mod http;
+mod leaf;
+mod proxy;
+mod servers;
+mod watch;
+mod xds;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_agent::{Agent, AgentConfig};
+use berth_api::catalog::Node;
+use berth_api::connect::CaRoots;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// A server's RPC address (HOST[:PORT], port 8300 by default); repeatable.
+    #[arg(
+        long = "retry-join",
+        env = "BERTH_RETRY_JOIN",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub retry_join: Vec<String>,
+    /// The agent API.
+    #[arg(
+        long = "http-addr",
+        env = "BERTH_AGENT_HTTP_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
+    pub http_addr: SocketAddr,
+    /// Delta xDS for the task's Envoy.
+    #[arg(
+        long = "xds-addr",
+        env = "BERTH_XDS_ADDR",
+        default_value = "127.0.0.1:8502"
+    )]
+    pub xds_addr: SocketAddr,
+    /// The address the catalog shows for this node (default: the task IP from ECS task
+    /// metadata, else the first private IPv4).
+    #[arg(long = "advertise", env = "BERTH_ADVERTISE")]
+    pub advertise: Option<IpAddr>,
+    /// The node name (default: the host name).
+    #[arg(long = "node", env = "BERTH_NODE_NAME")]
+    pub node: Option<String>,
+    #[arg(long = "datacenter", env = "BERTH_DATACENTER", default_value = "dc1")]
+    pub datacenter: String,
+    /// The agent's own token (node writes); services use the token they registered with.
+    #[arg(long = "token", env = "BERTH_AGENT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long = "token-file", env = "BERTH_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA that signed the servers' RPC certificates: the RPC connection then uses TLS.
+    #[arg(long = "ca-file", env = "BERTH_CACERT")]
+    pub ca_file: Option<PathBuf>,
+    #[arg(long = "log-level", env = "BERTH_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn agent_token(a: &AgentArgs) -> anyhow::Result<Option<String>> {
+    if let Some(t) = &a.token {
+        return Ok(Some(t.clone()));
+    }
+    match &a.token_file {
+        None => Ok(None),
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read token file {}", p.display()))?;
+            let t = t.trim().to_string();
+            anyhow::ensure!(!t.is_empty(), "token file {} is empty", p.display());
+            Ok(Some(t))
+        }
+    }
+}
+
+fn tls(a: &AgentArgs) -> anyhow::Result<berth_server::rpc::TlsClient> {
+    let Some(ca) = &a.ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let c = c.with_context(|| format!("{} is not PEM", ca.display()))?;
+        roots
+            .add(c)
+            .with_context(|| format!("{}: bad certificate", ca.display()))?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", ca.display());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = format!("server.{}.berth", a.datacenter);
+    Ok(Some((Arc::new(cfg), name)))
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "warn,berth={level},berth_client={level},berth_agent={level},berth_xds={level}"
+    ))
+    .with_context(|| format!("bad -log-level {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+/// The roots, watched for as long as the agent runs.
+fn watch_roots(
+    servers: Arc<servers::Servers>,
+) -> tokio::sync::watch::Receiver<Option<Arc<CaRoots>>> {
+    watch::blocking(servers, "/v1/connect/ca/roots".into(), None, |r| {
+        watch::json_or(r, CaRoots::default)
+    })
+}
+
+pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
+    init_logging(&a.log_level)?;
+    let token = agent_token(&a)?;
+    let servers = Arc::new(servers::Servers::new(a.retry_join.clone(), tls(&a)?));
+    let advertise = a
+        .advertise
+        .or_else(berth_server::util::first_private_ipv4)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let node_name = a.node.clone().unwrap_or_else(berth_server::util::hostname);
+    let node_id = uuid::Uuid::new_v4().to_string();
+
+    // The servers must answer before anything is registered.
+    let mut tries = 0u32;
+    loop {
+        match servers
+            .get_json::<String>("/v1/status/leader", None, Duration::from_secs(5))
+            .await
+        {
+            Ok((_, l)) if !l.is_empty() => break,
+            Ok(_) => tracing::info!("servers have no leader yet"),
+            Err(e) => tracing::info!(error = %e, "waiting for the servers"),
+        }
+        tries += 1;
+        if tries.is_multiple_of(30) {
+            tracing::warn!(servers = ?a.retry_join, "still no Berth server answers");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Ok((_, peers)) = servers
+        .get_json::<Vec<String>>("/v1/status/peers", None, Duration::from_secs(5))
+        .await
+    {
+        servers.learn(&peers);
+    }
+
+    let resolver = acl::Resolver::new(servers.clone());
+    let backend = Arc::new(catalog::RpcCatalog {
+        servers: servers.clone(),
+        agent_token: token.clone(),
+        agent: OnceLock::new(),
+    });
+    let agent = Agent::start(
+        AgentConfig::new(Node {
+            id: node_id.clone(),
+            node: node_name.clone(),
+            address: advertise.to_string(),
+            datacenter: a.datacenter.clone(),
+            ..Default::default()
+        }),
+        backend.clone(),
+    );
+    let _ = backend.agent.set(Arc::downgrade(&agent));
+
+    let roots = watch_roots(servers.clone());
+    let leaves = Arc::new(leaf::Leaves::new(servers.clone(), roots.clone()));
+    let proxies = Arc::new(proxy::Proxies::new(
+        servers.clone(),
+        leaves.clone(),
+        roots,
+        a.datacenter.clone(),
+    ));
+    tokio::spawn(reconcile_loop(
+        Arc::downgrade(&agent),
+        proxies.clone(),
+        advertise,
+        a.datacenter.clone(),
+    ));
+
+    let ctx = http::Ctx {
+        agent: agent.clone(),
+        servers: servers.clone(),
+        resolver: resolver.clone(),
+        leaves,
+        datacenter: a.datacenter.clone(),
+        node_id,
+    };
+    let http_listener = tokio::net::TcpListener::bind(a.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for the agent API on {}", a.http_addr))?;
+    let xds_listener = tokio::net::TcpListener::bind(a.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen for xDS on {}", a.xds_addr))?;
+    let source = Arc::new(xds::AgentSource { proxies, resolver });
+    let xds = tonic::transport::Server::builder()
+        .add_service(berth_xds::service(source))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener));
+    tracing::info!(node = %node_name, http = %a.http_addr, xds = %a.xds_addr, advertise = %advertise, "berth agent running");
+    let api = axum::serve(http_listener, http::router(ctx));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = api => r.context("agent API stopped")?,
+        r = xds => r.context("xDS server stopped")?,
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("berth agent stopping");
+    agent.stop();
+    Ok(())
+}
+
+/// Keeps the running proxies equal to the local `connect-proxy` registrations.
+async fn reconcile_loop(
+    agent: std::sync::Weak<Agent>,
+    proxies: Arc<proxy::Proxies>,
+    advertise: IpAddr,
+    datacenter: String,
+) {
+    let mut seen = u64::MAX;
+    loop {
+        let Some(agent) = agent.upgrade() else { return };
+        let defs = {
+            let st = agent.state();
+            if st.generation() == seen {
+                None
+            } else {
+                seen = st.generation();
+                let mut defs = Vec::new();
+                for (id, s) in &st.services {
+                    if s.service.kind != "connect-proxy" {
+                        continue;
+                    }
+                    let token = st.tokens.get(id).cloned();
+                    match proxy::parse_proxy(&s.service, advertise, &datacenter, token) {
+                        Ok(d) => defs.push(d),
+                        Err(e) => {
+                            tracing::warn!(proxy = %id, error = %e, "proxy registration cannot be served")
+                        }
+                    }
+                }
+                Some(defs)
+            }
+        };
+        drop(agent);
+        if let Some(defs) = defs {
+            proxies.reconcile(defs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

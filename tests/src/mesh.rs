@@ -1,0 +1,202 @@
+//! The data path as real processes: `berth agent`, and Envoy started by
+//! `berth connect envoy` (so the bootstrap under test is the one the CLI makes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::moto::venv_bin;
+use crate::{bin, eventually, free_port, http_client};
+
+/// One `berth agent` process, killed when dropped.
+pub struct AgentProc {
+    pub http_port: u16,
+    pub xds_port: u16,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl AgentProc {
+    pub fn start(dir: &Path, node: &str, server_rpc: &str, extra: &[&str]) -> AgentProc {
+        let (http_port, xds_port) = (free_port(), free_port());
+        let log = dir.join(format!("agent-{node}.log"));
+        let out = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new(bin("berth"))
+            .args([
+                "agent",
+                "-retry-join",
+                server_rpc,
+                "-node",
+                node,
+                "-advertise",
+                "127.0.0.1",
+                "-http-addr",
+                &format!("127.0.0.1:{http_port}"),
+                "-xds-addr",
+                &format!("127.0.0.1:{xds_port}"),
+                "-log-level",
+                "debug",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start berth agent");
+        AgentProc {
+            http_port,
+            xds_port,
+            log,
+            child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub async fn wait_ready(&self) {
+        eventually(Duration::from_secs(20), "the agent API", || async {
+            let r = http_client()
+                .get(self.url("/v1/agent/self"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Envoy sidecar for a proxy registered with `agent`, started through
+/// `berth connect envoy` (which execs Envoy, so the PID is Envoy's).
+pub struct EnvoyProc {
+    pub admin: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl EnvoyProc {
+    pub async fn start(
+        dir: &Path,
+        agent: &AgentProc,
+        proxy_id: &str,
+        token: Option<&str>,
+    ) -> EnvoyProc {
+        // Several Envoys may run for one proxy ID (a test's intruder): their files differ.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let admin_file = dir.join(format!("{proxy_id}.{n}.admin"));
+        let log = dir.join(format!("{proxy_id}.{n}.envoy.log"));
+        let out = std::fs::File::create(&log).expect("envoy log");
+        let mut cmd = Command::new(bin("berth"));
+        cmd.args([
+            "connect",
+            "envoy",
+            "-proxy-id",
+            proxy_id,
+            "-http-addr",
+            &format!("127.0.0.1:{}", agent.http_port),
+            "-xds-addr",
+            &format!("127.0.0.1:{}", agent.xds_port),
+            "-admin-bind",
+            "127.0.0.1:0",
+            "-envoy-binary",
+            venv_bin("envoy").to_str().expect("path"),
+            "-bootstrap-file",
+            dir.join(format!("{proxy_id}.bootstrap.json"))
+                .to_str()
+                .expect("path"),
+        ]);
+        if let Some(t) = token {
+            cmd.args(["-token", t]);
+        }
+        cmd.args([
+            "--",
+            "--disable-hot-restart",
+            "--drain-time-s",
+            "1",
+            "--drain-strategy",
+            "immediate",
+            "--log-level",
+            "warn",
+            "--admin-address-path",
+            admin_file.to_str().expect("path"),
+        ]);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start berth connect envoy");
+        let admin = eventually(Duration::from_secs(20), "Envoy's admin address", || async {
+            std::fs::read_to_string(&admin_file)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .await;
+        EnvoyProc { admin, child, log }
+    }
+
+    pub async fn admin_json(&self, path: &str) -> Option<Value> {
+        let r = http_client()
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// (address, eds health status) of every host of the clusters whose name starts with
+    /// `prefix`.
+    pub async fn hosts(&self, prefix: &str) -> Vec<(String, String)> {
+        let Some(v) = self.admin_json("/clusters?format=json").await else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for c in v["cluster_statuses"].as_array().into_iter().flatten() {
+            if !c["name"].as_str().unwrap_or("").starts_with(prefix) {
+                continue;
+            }
+            for h in c["host_statuses"].as_array().into_iter().flatten() {
+                let a = &h["address"]["socket_address"];
+                out.push((
+                    format!(
+                        "{}:{}",
+                        a["address"].as_str().unwrap_or(""),
+                        a["port_value"]
+                    ),
+                    h["health_status"]["eds_health_status"]
+                        .as_str()
+                        .unwrap_or("HEALTHY")
+                        .to_string(),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for EnvoyProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,447 @@
+//! The mesh end to end with every part real: a berth-server, two `berth agent` processes,
+//! two Envoys started by `berth connect envoy` and configured by the agents over delta xDS,
+//! and two small HTTP services. `web` reaches `api` through its upstream on loopback; the
+//! intentions, L7 permissions and api's health decide what gets through.
+
+use std::time::{Duration, Instant};
+
+use berth_tests::mesh::{AgentProc, EnvoyProc};
+use berth_tests::{Server, eventually, free_port, http_client};
+use serde_json::{Value, json};
+
+/// The `api` app: answers with the client certificate its sidecar saw.
+async fn api_app() -> u16 {
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let app = axum::Router::new().fallback(
+        |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+            let xfcc = headers
+                .get("x-forwarded-client-cert")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            format!("api {method} {} xfcc={xfcc}", uri.path())
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+struct Mesh {
+    _dir: tempfile::TempDir,
+    server: Server,
+    web_agent: AgentProc,
+    api_agent: AgentProc,
+    web_envoy: EnvoyProc,
+    api_envoy: EnvoyProc,
+    upstream: u16,
+}
+
+async fn put(url: String, body: Value) -> (u16, String) {
+    let r = http_client().put(url).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+impl Mesh {
+    async fn start() -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::dev(dir.path());
+        server.wait_ready(Duration::from_secs(10)).await;
+        let rpc = server.rpc_addr();
+        let web_agent = AgentProc::start(dir.path(), "web-node", &rpc, &[]);
+        let api_agent = AgentProc::start(dir.path(), "api-node", &rpc, &[]);
+        web_agent.wait_ready().await;
+        api_agent.wait_ready().await;
+
+        let api_port = api_app().await;
+        let upstream = free_port();
+        let (s, t) = put(
+            api_agent.url("/v1/agent/service/register"),
+            json!({"Name": "api", "Port": api_port, "Connect": {"SidecarService": {"Port": free_port()}}}),
+        )
+        .await;
+        assert_eq!(s, 200, "{t}");
+        let (s, t) = put(
+            web_agent.url("/v1/agent/service/register"),
+            json!({"Name": "web", "Port": free_port(), "Connect": {"SidecarService": {
+                "Port": free_port(),
+                "Proxy": {"Upstreams": [{"DestinationName": "api", "LocalBindPort": upstream}]}
+            }}}),
+        )
+        .await;
+        assert_eq!(s, 200, "{t}");
+        let api_envoy = EnvoyProc::start(dir.path(), &api_agent, "api-sidecar-proxy", None).await;
+        let web_envoy = EnvoyProc::start(dir.path(), &web_agent, "web-sidecar-proxy", None).await;
+        Mesh {
+            _dir: dir,
+            server,
+            web_agent,
+            api_agent,
+            web_envoy,
+            api_envoy,
+            upstream,
+        }
+    }
+
+    /// A request from `web`'s app through its upstream listener.
+    async fn call(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = http_client()
+            .request(m, format!("http://127.0.0.1:{}{path}", self.upstream))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((r.status().as_u16(), r.text().await.unwrap_or_default()))
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "web agent:\n{}\napi agent:\n{}\nweb envoy:\n{}\napi envoy:\n{}",
+            tail(&self.web_agent.log_text()),
+            tail(&self.api_agent.log_text()),
+            tail(&self.web_envoy.log_text()),
+            tail(&self.api_envoy.log_text())
+        )
+    }
+
+    async fn intention(&self, body: Value) {
+        let (s, t) = put(self.server.url("/v1/config"), body).await;
+        assert_eq!(s, 200, "{t}");
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_reaches_api_over_mtls_and_intentions_decide() {
+    let m = Mesh::start().await;
+    let td = eventually(Duration::from_secs(10), "the trust domain", || async {
+        let v: Value = http_client()
+            .get(m.server.url("/v1/connect/ca/roots"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["TrustDomain"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    })
+    .await;
+
+    // 1. No intention, ACLs off: allowed; api's Envoy saw web's certificate.
+    let started = Instant::now();
+    let body = {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            match m.call("GET", "/hello").await {
+                Ok((200, b)) => break b,
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "web never reached api: {other:?}\n{}",
+                        m.diagnostics()
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    println!(
+        "first request through the mesh after {:?}",
+        started.elapsed()
+    );
+    assert!(body.starts_with("api GET /hello"), "{body}");
+
+    // 2. L4 deny (tcp): the connection is refused at api's sidecar.
+    m.intention(json!({"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "web", "Action": "deny"}]})).await;
+    eventually(
+        Duration::from_secs(10),
+        "the deny to take effect",
+        || async { m.call("GET", "/hello").await.is_err().then_some(()) },
+    )
+    .await;
+
+    // 1. With protocol http and an allow, api's sidecar passes on web's certificate.
+    m.intention(json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}))
+        .await;
+    m.intention(json!({"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "web", "Action": "allow"}]})).await;
+    let body = eventually(
+        Duration::from_secs(10),
+        "an allowed HTTP request",
+        || async {
+            match m.call("GET", "/hello").await {
+                Ok((200, b)) if b.contains("xfcc=") && !b.ends_with("xfcc=") => Some(b),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let web_id = format!("spiffe://{td}/ns/default/dc/dc1/svc/web");
+    assert!(
+        body.contains(&format!("URI={web_id}")),
+        "no web SPIFFE ID in {body}"
+    );
+
+    // 2b. L7 deny: a 403 from api's sidecar.
+    m.intention(json!({"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "web", "Action": "deny"}]})).await;
+    eventually(Duration::from_secs(10), "an L7 403", || async {
+        matches!(m.call("GET", "/hello").await, Ok((403, _))).then_some(())
+    })
+    .await;
+
+    // 3. L7 permissions: only POST /orders. A request no permission matches gets the
+    // default decision, which is allow with ACLs off (as in Consul), hence the last rule.
+    m.intention(json!({"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "web", "Permissions": [
+        {"Action": "allow", "HTTP": {"PathExact": "/orders", "Methods": ["POST"]}},
+        {"Action": "deny", "HTTP": {"PathPrefix": "/"}}
+    ]}]}))
+    .await;
+    eventually(Duration::from_secs(10), "POST /orders allowed", || async {
+        matches!(m.call("POST", "/orders").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    assert_eq!(m.call("GET", "/orders").await.map(|r| r.0), Ok(403));
+    assert_eq!(m.call("POST", "/admin").await.map(|r| r.0), Ok(403));
+
+    // 5. api turns critical: gone from web's healthy endpoints; a second instance appears.
+    let sni = "api.default.dc1.internal.";
+    let healthy =
+        |hosts: Vec<(String, String)>| hosts.iter().filter(|(_, h)| h == "HEALTHY").count();
+    let (s, t) = put(
+        m.api_agent.url("/v1/agent/check/register"),
+        json!({"Name": "api alive", "CheckID": "api-alive", "ServiceID": "api", "TTL": "60s", "Status": "passing"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let wait_healthy = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "api healthy in web's Envoy",
+        || async { (healthy(m.web_envoy.hosts(sni).await) == 1).then_some(()) },
+    )
+    .await;
+    println!(
+        "api healthy in web's Envoy after {:?}",
+        wait_healthy.elapsed()
+    );
+    let (s, _) = put(m.api_agent.url("/v1/agent/check/fail/api-alive"), json!({})).await;
+    assert_eq!(s, 200);
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "api unhealthy in web's Envoy",
+        || async {
+            let hosts = m.web_envoy.hosts(sni).await;
+            (hosts.len() == 1 && healthy(hosts) == 0).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "critical api left web's healthy endpoints after {:?}",
+        t0.elapsed()
+    );
+
+    let second = free_port();
+    let (s, t) = put(
+        m.server.url("/v1/catalog/register"),
+        json!({"Node": "api-2", "Address": "127.0.0.2", "Service": {
+            "Kind": "connect-proxy", "ID": "api-2-sidecar-proxy", "Service": "api-sidecar-proxy", "Port": second,
+            "Proxy": {"DestinationServiceName": "api", "DestinationServiceID": "api-2"}
+        }}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, t) = put(
+        m.server.url("/v1/catalog/register"),
+        json!({"Node": "api-2", "Address": "127.0.0.2", "Service": {"ID": "api-2", "Service": "api", "Port": 8080}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let t1 = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the second api instance in web's Envoy",
+        || async {
+            let hosts = m.web_envoy.hosts(sni).await;
+            hosts
+                .iter()
+                .any(|(a, _)| a == &format!("127.0.0.2:{second}"))
+                .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "second api instance reached web's Envoy after {:?}",
+        t1.elapsed()
+    );
+}
+
+/// A token made by the management token of `acl`.
+async fn token(acl: &berth_tests::acl_server::AclServer, body: Value) -> String {
+    acl.admin("PUT", "/v1/acl/token", body).await["SecretID"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acls_default_deny_tokens_decide_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = berth_tests::acl_server::AclServer::start(dir.path()).await;
+    let rpc = acl.server.rpc_addr();
+    // Each agent writes its node with a node identity; each service registers with its own
+    // service identity, and its Envoy streams with that token.
+    let web_agent_token = token(
+        &acl,
+        json!({"NodeIdentities": [{"NodeName": "web-node", "Datacenter": "dc1"}]}),
+    )
+    .await;
+    let api_agent_token = token(
+        &acl,
+        json!({"NodeIdentities": [{"NodeName": "api-node", "Datacenter": "dc1"}]}),
+    )
+    .await;
+    let web_token = token(&acl, json!({"ServiceIdentities": [{"ServiceName": "web"}]})).await;
+    let api_token = token(&acl, json!({"ServiceIdentities": [{"ServiceName": "api"}]})).await;
+    let web_agent = AgentProc::start(dir.path(), "web-node", &rpc, &["-token", &web_agent_token]);
+    let api_agent = AgentProc::start(dir.path(), "api-node", &rpc, &["-token", &api_agent_token]);
+    web_agent.wait_ready().await;
+    api_agent.wait_ready().await;
+
+    let register = |agent: &AgentProc, token: &str, body: Value| {
+        let url = agent.url("/v1/agent/service/register");
+        let token = token.to_string();
+        async move {
+            let r = http_client()
+                .put(url)
+                .header("X-Consul-Token", token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    // web's token may not register api.
+    let (s, t) = register(&api_agent, &web_token, json!({"Name": "api", "Port": 1})).await;
+    assert_eq!(s, 403, "{t}");
+    assert!(t.contains("Permission denied"), "{t}");
+
+    let api_port = api_app().await;
+    let upstream = free_port();
+    let (s, t) = register(
+        &api_agent,
+        &api_token,
+        json!({"Name": "api", "Port": api_port, "Connect": {"SidecarService": {"Port": free_port()}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, t) = register(
+        &web_agent,
+        &web_token,
+        json!({"Name": "web", "Port": free_port(), "Connect": {"SidecarService": {
+            "Port": free_port(),
+            "Proxy": {"Upstreams": [{"DestinationName": "api", "LocalBindPort": upstream}]}
+        }}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    // Anti-entropy wrote them with the services' tokens.
+    eventually(
+        Duration::from_secs(10),
+        "both sidecars in the catalog",
+        || async {
+            let r = acl.admin_get("/v1/catalog/services").await;
+            (r.get("web-sidecar-proxy").is_some() && r.get("api-sidecar-proxy").is_some())
+                .then_some(())
+        },
+    )
+    .await;
+
+    let _api_envoy = EnvoyProc::start(
+        dir.path(),
+        &api_agent,
+        "api-sidecar-proxy",
+        Some(&api_token),
+    )
+    .await;
+    let web_envoy = EnvoyProc::start(
+        dir.path(),
+        &web_agent,
+        "web-sidecar-proxy",
+        Some(&web_token),
+    )
+    .await;
+    let call = || async {
+        http_client()
+            .get(format!("http://127.0.0.1:{upstream}/hello"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    };
+    // web's Envoy is configured (its listener for api exists) ...
+    eventually(
+        Duration::from_secs(20),
+        "web's upstream listener",
+        || async {
+            let v = web_envoy.admin_json("/listeners?format=json").await?;
+            v.to_string()
+                .contains(&format!("\"port_value\":{upstream}"))
+                .then_some(())
+        },
+    )
+    .await;
+    // ... but with default deny and no intention, api's sidecar refuses it.
+    for _ in 0..3 {
+        assert!(
+            call().await.is_err(),
+            "default deny must refuse the connection"
+        );
+    }
+    acl.admin("PUT", "/v1/config", json!({"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "web", "Action": "allow"}]})).await;
+    eventually(Duration::from_secs(30), "the allowed request", || async {
+        (call().await == Ok(200)).then_some(())
+    })
+    .await;
+
+    // An Envoy with a token that may not write web gets no configuration.
+    let stranger = EnvoyProc::start(
+        dir.path(),
+        &web_agent,
+        "web-sidecar-proxy",
+        Some(&api_token),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the stream refusal in the agent's log",
+        || async {
+            web_agent
+                .log_text()
+                .contains("lacks permission 'service:write' on \"web\"")
+                .then_some(())
+        },
+    )
+    .await;
+    let listeners = stranger
+        .admin_json("/listeners?format=json")
+        .await
+        .unwrap_or_default();
+    assert!(
+        !listeners
+            .to_string()
+            .contains(&format!("\"port_value\":{upstream}")),
+        "a proxy streamed with another service's token got web's listeners: {listeners}"
+    );
+}
