@@ -24,7 +24,7 @@ use std::time::Duration;
 use berth_api::catalog::{CatalogOp, Node, NodeRecord};
 use tokio::sync::{Notify, watch};
 
-pub use local::{LocalState, RegisterError};
+pub use local::{LocalState, Persisted, RegisterError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -85,8 +85,20 @@ pub struct Agent {
 impl Agent {
     /// Creates the agent and starts its sync and reaper loops on the current runtime.
     pub fn start(cfg: AgentConfig, catalog: Arc<dyn CatalogBackend>) -> Arc<Agent> {
+        Agent::start_restored(cfg, catalog, None)
+    }
+
+    /// As [`Agent::start`], with the local state of an earlier run put back before the first
+    /// sync (which would otherwise deregister it).
+    pub fn start_restored(
+        cfg: AgentConfig,
+        catalog: Arc<dyn CatalogBackend>,
+        restored: Option<Persisted>,
+    ) -> Arc<Agent> {
+        let mut state = LocalState::new(&cfg);
+        let checks = restored.map(|p| state.restore(p)).unwrap_or_default();
         let agent = Arc::new(Agent {
-            state: Mutex::new(LocalState::new(&cfg)),
+            state: Mutex::new(state),
             cfg,
             catalog,
             dirty: Arc::new(Notify::new()),
@@ -96,6 +108,9 @@ impl Agent {
         });
         tokio::spawn(sync::sync_loop(Arc::downgrade(&agent)));
         tokio::spawn(checks::reaper_loop(Arc::downgrade(&agent)));
+        for id in checks {
+            checks::start(&agent, &id);
+        }
         agent.dirty.notify_one();
         agent
     }

@@ -38,7 +38,7 @@ fn invalid(msg: impl Into<String>) -> RegisterError {
 }
 
 /// How a check runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum CheckKind {
     Ttl(Duration),
     Http {
@@ -59,7 +59,7 @@ pub enum CheckKind {
     Manual,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CheckSpec {
     pub kind: CheckKind,
     pub interval: Duration,
@@ -169,6 +169,16 @@ pub struct LocalState {
     sidecar_ports: (u16, u16),
 }
 
+/// What an agent keeps across restarts (Consul's agents keep it in their data dir): the
+/// local services with the tokens they were registered with, and the checks with their
+/// last status, so that a restarted agent neither forgets nor deregisters them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Persisted {
+    pub services: Vec<(AgentService, Option<String>)>,
+    pub checks: Vec<(HealthCheck, CheckSpec)>,
+    pub tokens: BTreeMap<String, String>,
+}
+
 /// A service ready to be added: the service, its checks, and its sidecar if it asked for one.
 pub struct NewService {
     pub service: AgentService,
@@ -187,6 +197,51 @@ impl LocalState {
             next_runner: 1,
             sidecar_ports: cfg.sidecar_ports,
         }
+    }
+
+    /// The state to keep across a restart.
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            services: self
+                .services
+                .values()
+                .map(|s| (s.service.clone(), s.sidecar_of.clone()))
+                .collect(),
+            checks: self
+                .checks
+                .values()
+                .map(|c| (c.check.clone(), c.spec.clone()))
+                .collect(),
+            tokens: self
+                .tokens
+                .iter()
+                .filter(|(id, _)| self.services.contains_key(*id))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// Puts back what [`LocalState::persisted`] kept; returns the IDs of the checks whose
+    /// runners must start.
+    pub fn restore(&mut self, p: Persisted) -> Vec<String> {
+        for (service, sidecar_of) in p.services {
+            self.services.insert(
+                service.id.clone(),
+                LocalService {
+                    service,
+                    sidecar_of,
+                },
+            );
+        }
+        let mut ids = Vec::new();
+        for (check, spec) in p.checks {
+            ids.push(check.check_id.clone());
+            self.checks
+                .insert(check.check_id.clone(), LocalCheck::new(check, spec));
+        }
+        self.tokens.extend(p.tokens);
+        self.bump();
+        ids
     }
 
     pub fn generation(&self) -> u64 {

@@ -15,41 +15,67 @@ pub struct AgentProc {
     pub http_port: u16,
     pub xds_port: u16,
     pub log: PathBuf,
+    args: Vec<String>,
     child: Child,
+}
+
+fn spawn_agent(args: &[String], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("agent log");
+    Command::new(bin("berth"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("start berth agent")
 }
 
 impl AgentProc {
     pub fn start(dir: &Path, node: &str, server_rpc: &str, extra: &[&str]) -> AgentProc {
         let (http_port, xds_port) = (free_port(), free_port());
         let log = dir.join(format!("agent-{node}.log"));
-        let out = std::fs::File::create(&log).expect("agent log");
-        let child = Command::new(bin("berth"))
-            .args([
-                "agent",
-                "-retry-join",
-                server_rpc,
-                "-node",
-                node,
-                "-advertise",
-                "127.0.0.1",
-                "-http-addr",
-                &format!("127.0.0.1:{http_port}"),
-                "-xds-addr",
-                &format!("127.0.0.1:{xds_port}"),
-                "-log-level",
-                "debug",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("start berth agent");
+        let mut args: Vec<String> = [
+            "agent",
+            "-retry-join",
+            server_rpc,
+            "-node",
+            node,
+            "-advertise",
+            "127.0.0.1",
+            "-http-addr",
+            &format!("127.0.0.1:{http_port}"),
+            "-xds-addr",
+            &format!("127.0.0.1:{xds_port}"),
+            "-log-level",
+            "debug",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn_agent(&args, &log);
         AgentProc {
             http_port,
             xds_port,
             log,
+            args,
             child,
         }
+    }
+
+    /// kill -9, then the same command line again (same ports, same data dir).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_agent(&self.args, &self.log);
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -46,12 +46,38 @@ async fn put(url: String, body: Value) -> (u16, String) {
 
 impl Mesh {
     async fn start() -> Mesh {
+        Mesh::start_with(false).await
+    }
+
+    /// With `data_dirs`, each agent keeps its local state in a directory of its own.
+    async fn start_with(data_dirs: bool) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::dev(dir.path());
         server.wait_ready(Duration::from_secs(10)).await;
         let rpc = server.rpc_addr();
-        let web_agent = AgentProc::start(dir.path(), "web-node", &rpc, &[]);
-        let api_agent = AgentProc::start(dir.path(), "api-node", &rpc, &[]);
+        let data = |n: &str| {
+            if data_dirs {
+                vec![
+                    "-data-dir".to_string(),
+                    dir.path().join(n).display().to_string(),
+                ]
+            } else {
+                Vec::new()
+            }
+        };
+        let (wd, ad) = (data("web-agent"), data("api-agent"));
+        let web_agent = AgentProc::start(
+            dir.path(),
+            "web-node",
+            &rpc,
+            &wd.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let api_agent = AgentProc::start(
+            dir.path(),
+            "api-node",
+            &rpc,
+            &ad.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         web_agent.wait_ready().await;
         api_agent.wait_ready().await;
 
@@ -283,6 +309,104 @@ async fn web_reaches_api_over_mtls_and_intentions_decide() {
         "second api instance reached web's Envoy after {:?}",
         t1.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_loses_no_request_and_no_registration() {
+    let mut m = Mesh::start_with(true).await;
+    eventually(Duration::from_secs(40), "the first request", || async {
+        matches!(m.call("GET", "/x").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    let state = m._dir.path().join("web-agent/local-state.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the saved state holds tokens");
+
+    // Requests keep flowing while the agent is killed and started again.
+    let upstream = m.upstream;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new())),
+    );
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let client = http_client();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client
+                    .get(format!("http://127.0.0.1:{upstream}/during"))
+                    .timeout(Duration::from_secs(3))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(r) => failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", r.status())),
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    m.web_agent.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    m.web_agent.restart();
+    m.web_agent.wait_ready().await;
+    eventually(
+        Duration::from_secs(20),
+        "web's Envoy reconnected",
+        || async {
+            let v = m
+                .web_envoy
+                .admin_json("/stats?format=json&filter=control_plane.connected_state")
+                .await?;
+            (v.to_string().contains("\"value\":1")).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let failed = failed.lock().unwrap().clone();
+    let ok = ok.load(std::sync::atomic::Ordering::SeqCst);
+    println!("{ok} requests succeeded across the agent restart");
+    assert!(
+        failed.is_empty(),
+        "requests failed across the restart: {failed:?}"
+    );
+    assert!(ok > 10, "too few requests ran: {ok}");
+    assert!(
+        m.web_agent.log_text().contains("restored the local state"),
+        "{}",
+        m.diagnostics()
+    );
+    // The restarted agent kept its services: they are still in the catalog and on the agent.
+    let services: Value = http_client()
+        .get(m.web_agent.url("/v1/agent/services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(services.get("web-sidecar-proxy").is_some(), "{services}");
+    let catalog: Value = http_client()
+        .get(m.server.url("/v1/catalog/service/web-sidecar-proxy"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog.as_array().map(Vec::len), Some(1), "{catalog}");
+    assert!(matches!(m.call("GET", "/after").await, Ok((200, _))));
 }
 
 /// A token made by the management token of `acl`.

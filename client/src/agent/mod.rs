@@ -69,6 +69,31 @@ pub struct AgentArgs {
     pub ca_file: Option<PathBuf>,
     #[arg(long = "log-level", env = "BERTH_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Where the agent keeps its services, checks and their tokens across restarts
+    /// (`local-state.json`, mode 0600). Without it a restarted agent starts empty.
+    #[arg(long = "data-dir", env = "BERTH_AGENT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+const STATE_FILE: &str = "local-state.json";
+
+/// The local state an earlier run left, if any.
+fn load_state(dir: &std::path::Path) -> anyhow::Result<Option<berth_agent::Persisted>> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .with_context(|| format!("{} is damaged; move it away to start empty", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn save_state(dir: &std::path::Path, p: &berth_agent::Persisted) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let body = serde_json::to_string(p)?;
+    // It holds tokens.
+    crate::login::write_secret_file(&dir.join(STATE_FILE), &body)
 }
 
 fn agent_token(a: &AgentArgs) -> anyhow::Result<Option<String>> {
@@ -172,7 +197,18 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         agent_token: token.clone(),
         agent: OnceLock::new(),
     });
-    let agent = Agent::start(
+    let restored = match &a.data_dir {
+        Some(d) => load_state(d)?,
+        None => None,
+    };
+    if let Some(p) = &restored {
+        tracing::info!(
+            services = p.services.len(),
+            checks = p.checks.len(),
+            "restored the local state of the last run"
+        );
+    }
+    let agent = Agent::start_restored(
         AgentConfig::new(Node {
             id: node_id.clone(),
             node: node_name.clone(),
@@ -181,6 +217,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
             ..Default::default()
         }),
         backend.clone(),
+        restored,
     );
     let _ = backend.agent.set(Arc::downgrade(&agent));
 
@@ -197,6 +234,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         proxies.clone(),
         advertise,
         a.datacenter.clone(),
+        a.data_dir.clone(),
     ));
 
     let ctx = http::Ctx {
@@ -233,12 +271,14 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps the running proxies equal to the local `connect-proxy` registrations.
+/// Keeps the running proxies equal to the local `connect-proxy` registrations, and the
+/// data dir's copy of the local state current.
 async fn reconcile_loop(
     agent: std::sync::Weak<Agent>,
     proxies: Arc<proxy::Proxies>,
     advertise: IpAddr,
     datacenter: String,
+    data_dir: Option<PathBuf>,
 ) {
     let mut seen = u64::MAX;
     loop {
@@ -261,6 +301,11 @@ async fn reconcile_loop(
                             tracing::warn!(proxy = %id, error = %e, "proxy registration cannot be served")
                         }
                     }
+                }
+                if let Some(d) = &data_dir
+                    && let Err(e) = save_state(d, &st.persisted())
+                {
+                    tracing::warn!(error = %e, "cannot save the local state");
                 }
                 Some(defs)
             }
