@@ -409,6 +409,162 @@ async fn an_agent_restart_loses_no_request_and_no_registration() {
     assert!(matches!(m.call("GET", "/after").await, Ok((200, _))));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_under_load_fails_no_request() {
+    let m = Mesh::start().await;
+    eventually(Duration::from_secs(40), "the first request", || async {
+        matches!(m.call("GET", "/x").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    // Short leaves, so that the old root's time runs out within the test.
+    let (s, t) = put(
+        m.server.url("/v1/connect/ca/configuration"),
+        json!({"Provider": "berth", "Config": {"LeafCertTTL": "10s"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let old: Value = http_client()
+        .get(m.server.url("/v1/connect/ca/roots"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let upstream = m.upstream;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new())),
+    );
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let client = http_client();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // A new connection each time, so new certificates are used as they arrive.
+                let fresh = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                let c = if ok.load(std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+                    &client
+                } else {
+                    &fresh
+                };
+                match c
+                    .get(format!("http://127.0.0.1:{upstream}/rotation"))
+                    .timeout(Duration::from_secs(3))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(r) => failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", r.status())),
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "Rotated Mesh CA");
+    let new_root = p.self_signed(&key).unwrap().pem();
+    let (s, t) = put(
+        m.server.url("/v1/connect/ca/configuration"),
+        json!({"Provider": "file", "Config": {"LeafCertTTL": "10s", "RootCert": new_root, "PrivateKey": key.serialize_pem()}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+
+    // New leaves chain to the new root, and web's Envoy has one.
+    let (_, root_pem) = x509_parser::pem::parse_x509_pem(new_root.as_bytes()).unwrap();
+    let (_, root_cert) = x509_parser::parse_x509_certificate(&root_pem.contents).unwrap();
+    let new_root_key = root_cert.public_key().clone();
+    let serial = eventually(
+        Duration::from_secs(20),
+        "a leaf of the new root",
+        || async {
+            let leaf: Value = http_client()
+                .get(m.web_agent.url("/v1/agent/connect/ca/leaf/web"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let pem = leaf["CertPEM"].as_str()?.to_string();
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+            let (_, c) = x509_parser::parse_x509_certificate(&p.contents).ok()?;
+            c.verify_signature(Some(&new_root_key))
+                .is_ok()
+                .then(|| c.raw_serial_as_string().replace(':', "").to_lowercase())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "web's Envoy to load the new leaf",
+        || async {
+            let certs = m.web_envoy.admin_json("/certs").await?;
+            certs
+                .to_string()
+                .to_lowercase()
+                .contains(&serial)
+                .then_some(())
+        },
+    )
+    .await;
+    // The old root goes once its leaves have expired; traffic goes on throughout.
+    let old_id = old["ActiveRootID"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(40),
+        "the old root to be dropped",
+        || async {
+            let v: Value = http_client()
+                .get(m.server.url("/v1/connect/ca/roots"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let ids: Vec<String> = v["Roots"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| r["ID"].as_str().map(str::to_string))
+                .collect();
+            (ids.len() == 1 && ids[0] != old_id).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let failed = failed.lock().unwrap().clone();
+    let ok = ok.load(std::sync::atomic::Ordering::SeqCst);
+    println!("{ok} requests succeeded across the rotation");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the rotation: {failed:?}\n{}",
+        m.diagnostics()
+    );
+    assert!(ok > 50, "too few requests ran: {ok}");
+}
+
 /// A token made by the management token of `acl`.
 async fn token(acl: &berth_tests::acl_server::AclServer, body: Value) -> String {
     acl.admin("PUT", "/v1/acl/token", body).await["SecretID"]
