@@ -226,3 +226,75 @@ impl Drop for EnvoyProc {
         let _ = self.child.wait();
     }
 }
+
+/// A request loop against one URL, counting successes and keeping every failure; half of
+/// the requests use a fresh connection, so that new certificates and listeners are used as
+/// soon as they arrive.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    pub fn start(url: String) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let pooled = http_client();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let fresh;
+                    let c = if n.is_multiple_of(2) {
+                        &pooled
+                    } else {
+                        fresh = reqwest::Client::builder()
+                            .pool_max_idle_per_host(0)
+                            .build()
+                            .expect("client");
+                        &fresh
+                    };
+                    match c.get(&url).timeout(Duration::from_secs(3)).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(r) => failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!("status {}", r.status())),
+                        Err(e) => failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        Load {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    /// Stops the loop: (successes, failures).
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (self.ok.load(Ordering::SeqCst), failed)
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_tests::mesh::{AgentProc, EnvoyProc};
+use berth_tests::mesh::{AgentProc, EnvoyProc, Load};
 use berth_tests::{Server, eventually, free_port, http_client};
 use serde_json::{Value, json};
 
@@ -324,36 +324,7 @@ async fn an_agent_restart_loses_no_request_and_no_registration() {
     assert_eq!(mode & 0o777, 0o600, "the saved state holds tokens");
 
     // Requests keep flowing while the agent is killed and started again.
-    let upstream = m.upstream;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ok, failed) = (
-        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new())),
-    );
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            let client = http_client();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match client
-                    .get(format!("http://127.0.0.1:{upstream}/during"))
-                    .timeout(Duration::from_secs(3))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {
-                        ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    Ok(r) => failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {}", r.status())),
-                    Err(e) => failed.lock().unwrap().push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = Load::start(format!("http://127.0.0.1:{}/during", m.upstream));
     tokio::time::sleep(Duration::from_millis(300)).await;
     m.web_agent.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -372,10 +343,7 @@ async fn an_agent_restart_loses_no_request_and_no_registration() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    load.await.unwrap();
-    let failed = failed.lock().unwrap().clone();
-    let ok = ok.load(std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.finish().await;
     println!("{ok} requests succeeded across the agent restart");
     assert!(
         failed.is_empty(),
@@ -432,46 +400,7 @@ async fn a_root_rotation_under_load_fails_no_request() {
         .await
         .unwrap();
 
-    let upstream = m.upstream;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ok, failed) = (
-        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new())),
-    );
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            let client = http_client();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                // A new connection each time, so new certificates are used as they arrive.
-                let fresh = reqwest::Client::builder()
-                    .pool_max_idle_per_host(0)
-                    .build()
-                    .unwrap();
-                let c = if ok.load(std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
-                    &client
-                } else {
-                    &fresh
-                };
-                match c
-                    .get(format!("http://127.0.0.1:{upstream}/rotation"))
-                    .timeout(Duration::from_secs(3))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {
-                        ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    Ok(r) => failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {}", r.status())),
-                    Err(e) => failed.lock().unwrap().push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
-    };
+    let load = Load::start(format!("http://127.0.0.1:{}/rotation", m.upstream));
 
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -494,9 +423,11 @@ async fn a_root_rotation_under_load_fails_no_request() {
     let (_, root_pem) = x509_parser::pem::parse_x509_pem(new_root.as_bytes()).unwrap();
     let (_, root_cert) = x509_parser::parse_x509_certificate(&root_pem.contents).unwrap();
     let new_root_key = root_cert.public_key().clone();
-    let serial = eventually(
-        Duration::from_secs(20),
-        "a leaf of the new root",
+    // Leaves are renewed every few seconds here, so each poll compares the agent's current
+    // leaf with what web's Envoy holds.
+    eventually(
+        Duration::from_secs(30),
+        "web's Envoy to hold a leaf of the new root",
         || async {
             let leaf: Value = http_client()
                 .get(m.web_agent.url("/v1/agent/connect/ca/leaf/web"))
@@ -509,22 +440,16 @@ async fn a_root_rotation_under_load_fails_no_request() {
             let pem = leaf["CertPEM"].as_str()?.to_string();
             let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
             let (_, c) = x509_parser::parse_x509_certificate(&p.contents).ok()?;
-            c.verify_signature(Some(&new_root_key))
-                .is_ok()
-                .then(|| c.raw_serial_as_string().replace(':', "").to_lowercase())
-        },
-    )
-    .await;
-    eventually(
-        Duration::from_secs(20),
-        "web's Envoy to load the new leaf",
-        || async {
-            let certs = m.web_envoy.admin_json("/certs").await?;
-            certs
+            c.verify_signature(Some(&new_root_key)).ok()?;
+            let serial = c.raw_serial_as_string().replace(':', "").to_lowercase();
+            let serial = serial.trim_start_matches('0').to_string();
+            let certs = m
+                .web_envoy
+                .admin_json("/certs")
+                .await?
                 .to_string()
-                .to_lowercase()
-                .contains(&serial)
-                .then_some(())
+                .to_lowercase();
+            certs.contains(&serial).then_some(())
         },
     )
     .await;
@@ -552,10 +477,7 @@ async fn a_root_rotation_under_load_fails_no_request() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    load.await.unwrap();
-    let failed = failed.lock().unwrap().clone();
-    let ok = ok.load(std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.finish().await;
     println!("{ok} requests succeeded across the rotation");
     assert!(
         failed.is_empty(),
