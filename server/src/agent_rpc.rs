@@ -19,6 +19,13 @@ pub const ACL_RESOLVE: &str = "agent.acl_resolve";
 pub const ACL_WAIT: &str = "agent.acl_wait";
 pub const CATALOG_APPLY: &str = "agent.catalog_apply";
 pub const CATALOG_NODE: &str = "agent.catalog_node";
+/// A client agent says it is alive; the leader turns its node's `serfHealth` critical when
+/// it stops.
+pub const HEARTBEAT: &str = "agent.heartbeat";
+
+/// How often agents send heartbeats, and how long the leader waits before it calls one dead.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+pub const AGENT_DEAD_AFTER: Duration = Duration::from_secs(10);
 
 /// A token as an agent needs it: its identity, when it expires, and the ACL index it was
 /// resolved at.
@@ -178,6 +185,115 @@ pub async fn handle(node: &Node, env: Envelope) -> Result<Envelope, Status> {
             };
             rpc::json_reply(&r)
         }
+        HEARTBEAT => {
+            let req: NodeRequest = rpc::parse(&env)?;
+            let r = match resolve(node, req.token.as_deref())
+                .and_then(|id| check(&id, Resource::Node, &req.node, Access::Write))
+            {
+                Err(e) => Err(e),
+                Ok(()) if node.is_leader() => {
+                    node.agent_heartbeats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(req.node, std::time::Instant::now());
+                    Ok(())
+                }
+                Ok(()) => match node.leader() {
+                    None => Err("No cluster leader".to_string()),
+                    Some((_, leader)) => node
+                        .clients
+                        .call_json::<_, Result<(), String>>(
+                            &leader.rpc_addr,
+                            HEARTBEAT,
+                            &req,
+                            Duration::from_secs(5),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r),
+                },
+            };
+            rpc::json_reply(&r)
+        }
         other => Err(Status::unimplemented(format!("unknown RPC kind {other:?}"))),
     }
 }
+
+/// On the leader: each client agent's node carries a `serfHealth` check, passing while its
+/// heartbeats arrive and critical once they stop for [`AGENT_DEAD_AFTER`], which takes its
+/// services out of `?passing` reads. Writes only changes.
+pub async fn liveness_loop(node: std::sync::Arc<Node>) {
+    let mut was_leader = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = node.is_leader();
+        if !leader {
+            was_leader = false;
+            continue;
+        }
+        let now = std::time::Instant::now();
+        let mut ops = Vec::new();
+        {
+            let st = node.store.read();
+            let mut beats = node
+                .agent_heartbeats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !was_leader {
+                // A new leader has heard nobody yet: agents it inherits get a full period.
+                for (name, rec) in &st.catalog {
+                    if rec.checks.get(SERF).is_some_and(|c| c.notes == AGENT_NOTE) {
+                        beats.entry(name.clone()).or_insert(now);
+                    }
+                }
+            }
+            beats.retain(|n, _| st.catalog.contains_key(n));
+            for (name, seen) in beats.iter() {
+                let alive = now.duration_since(*seen) < AGENT_DEAD_AFTER;
+                let Some(rec) = st.catalog.get(name) else {
+                    continue;
+                };
+                let want = if alive { "passing" } else { "critical" };
+                if rec
+                    .checks
+                    .get(SERF)
+                    .is_some_and(|c| c.status == want && c.notes == AGENT_NOTE)
+                {
+                    continue;
+                }
+                ops.push(CatalogOp::Register(Box::new(
+                    berth_api::catalog::Registration {
+                        node: rec.node.clone(),
+                        skip_node_update: true,
+                        service: None,
+                        checks: vec![berth_api::catalog::HealthCheck {
+                            node: name.clone(),
+                            check_id: SERF.to_string(),
+                            name: "Serf Health Status".to_string(),
+                            status: want.to_string(),
+                            notes: AGENT_NOTE.to_string(),
+                            output: if alive {
+                                "Agent alive and reachable"
+                            } else {
+                                "Agent not live or unreachable"
+                            }
+                            .to_string(),
+                            definition: serde_json::Value::Object(Default::default()),
+                            ..Default::default()
+                        }],
+                    },
+                )));
+            }
+        }
+        was_leader = true;
+        if !ops.is_empty()
+            && let Err(e) = node.catalog_apply(ops).await
+        {
+            tracing::debug!(error = %e, "agent liveness update deferred");
+        }
+    }
+}
+
+const SERF: &str = crate::cluster::SERF_CHECK;
+/// Marks the `serfHealth` checks this loop owns (the servers' own belong to the server loop).
+const AGENT_NOTE: &str = "client agent heartbeat";

@@ -224,6 +224,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     tokio::spawn(cluster::server_catalog_loop(node.clone()));
     tokio::spawn(acl::acl_leader_loop(node.clone()));
     tokio::spawn(connect::ca_leader_loop(node.clone()));
+    tokio::spawn(agent_rpc::liveness_loop(node.clone()));
     tracing::info!(
         node = %cfg.node_name,
         id = %uuid,

@@ -63,6 +63,8 @@ pub struct Node {
     membership_change: tokio::sync::Mutex<()>,
     /// Session TTL deadlines; only the leader keeps them.
     pub session_timers: Mutex<HashMap<String, Instant>>,
+    /// When each client agent's node last sent its heartbeat; only the leader keeps them.
+    pub agent_heartbeats: Mutex<HashMap<String, Instant>>,
     pub started: Instant,
     shutting_down: AtomicBool,
     batch_tx: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
@@ -201,6 +203,7 @@ impl Node {
             reload: OnceLock::new(),
             membership_change: tokio::sync::Mutex::new(()),
             session_timers: Mutex::new(HashMap::new()),
+            agent_heartbeats: Mutex::new(HashMap::new()),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             batch_tx,

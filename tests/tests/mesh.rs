@@ -647,3 +647,81 @@ async fn with_acls_default_deny_tokens_decide_everything() {
         "a proxy streamed with another service's token got web's listeners: {listeners}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_agents_services_leave_passing_reads_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(dir.path());
+    server.wait_ready(Duration::from_secs(10)).await;
+    let data = dir.path().join("agent-data").display().to_string();
+    let mut agent = AgentProc::start(
+        dir.path(),
+        "task-node",
+        &server.rpc_addr(),
+        &["-data-dir", &data],
+    );
+    agent.wait_ready().await;
+    let (s, t) = put(
+        agent.url("/v1/agent/service/register"),
+        json!({"Name": "pinger", "Port": 7000}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let passing = || async {
+        let v: Value = http_client()
+            .get(server.url("/v1/health/service/pinger?passing"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v.as_array().map(Vec::len)
+    };
+    let serf = || async {
+        let v: Value = http_client()
+            .get(server.url("/v1/health/node/task-node"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v.as_array()?
+            .iter()
+            .find(|c| c["CheckID"] == "serfHealth")
+            .and_then(|c| c["Status"].as_str().map(str::to_string))
+    };
+    eventually(
+        Duration::from_secs(15),
+        "the agent's node alive and its service passing",
+        || async {
+            (serf().await.as_deref() == Some("passing") && passing().await == Some(1)).then_some(())
+        },
+    )
+    .await;
+
+    agent.kill9();
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "the dead agent's node critical",
+        || async {
+            (serf().await.as_deref() == Some("critical") && passing().await == Some(0))
+                .then_some(())
+        },
+    )
+    .await;
+    println!("dead agent detected after {:?}", t0.elapsed());
+
+    agent.restart();
+    agent.wait_ready().await;
+    eventually(
+        Duration::from_secs(15),
+        "the restarted agent's node alive again",
+        || async {
+            (serf().await.as_deref() == Some("passing") && passing().await == Some(1)).then_some(())
+        },
+    )
+    .await;
+}

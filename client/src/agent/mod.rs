@@ -208,19 +208,23 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
             "restored the local state of the last run"
         );
     }
-    let agent = Agent::start_restored(
-        AgentConfig::new(Node {
-            id: node_id.clone(),
-            node: node_name.clone(),
-            address: advertise.to_string(),
-            datacenter: a.datacenter.clone(),
-            ..Default::default()
-        }),
-        backend.clone(),
-        restored,
-    );
+    let mut agent_cfg = AgentConfig::new(Node {
+        id: node_id.clone(),
+        node: node_name.clone(),
+        address: advertise.to_string(),
+        datacenter: a.datacenter.clone(),
+        ..Default::default()
+    });
+    // The leader owns the node's serfHealth, from this agent's heartbeats.
+    agent_cfg.reserved_checks = vec!["serfHealth".to_string()];
+    let agent = Agent::start_restored(agent_cfg, backend.clone(), restored);
     let _ = backend.agent.set(Arc::downgrade(&agent));
 
+    tokio::spawn(heartbeat_loop(
+        servers.clone(),
+        node_name.clone(),
+        token.clone(),
+    ));
     let roots = watch_roots(servers.clone());
     let leaves = Arc::new(leaf::Leaves::new(servers.clone(), roots.clone()));
     let proxies = Arc::new(proxy::Proxies::new(
@@ -269,6 +273,24 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     tracing::info!("berth agent stopping");
     agent.stop();
     Ok(())
+}
+
+/// Tells the servers this agent is alive, so that its node's services stay in `?passing`
+/// reads only while it runs.
+async fn heartbeat_loop(servers: Arc<servers::Servers>, node: String, token: Option<String>) {
+    use berth_server::agent_rpc::{HEARTBEAT, HEARTBEAT_INTERVAL, NodeRequest};
+    let req = NodeRequest { token, node };
+    loop {
+        match servers
+            .call_json::<_, Result<(), String>>(HEARTBEAT, &req, Duration::from_secs(5))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the servers refused this agent's heartbeat"),
+            Err(e) => tracing::debug!(error = %e, "heartbeat not delivered"),
+        }
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    }
 }
 
 /// Keeps the running proxies equal to the local `connect-proxy` registrations, and the
