@@ -147,6 +147,40 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The task's IP from an ECS task metadata (v4) `/task` document: the first IPv4 address of
+/// the first container network (awsvpc gives every container the task's ENI address).
+pub fn task_ip_of(task: &serde_json::Value) -> Option<IpAddr> {
+    task.get("Containers")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.get("Networks")?.as_array())
+        .flatten()
+        .filter_map(|n| n.get("IPv4Addresses")?.as_array()?.first()?.as_str())
+        .find_map(|a| a.parse().ok())
+}
+
+async fn task_ip(metadata_uri: &str) -> Option<IpAddr> {
+    let url = format!("{}/task", metadata_uri.trim_end_matches('/'));
+    let got = async {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        task_ip_of(&v).ok_or_else(|| "no IPv4 address in the task's networks".to_string())
+    }
+    .await;
+    match got {
+        Ok(ip) => Some(ip),
+        Err(e) => {
+            tracing::warn!(url = %url, error = %e, "cannot read the task IP from ECS task metadata");
+            None
+        }
+    }
+}
+
 /// The roots, watched for as long as the agent runs.
 fn watch_roots(
     servers: Arc<servers::Servers>,
@@ -160,10 +194,15 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     init_logging(&a.log_level)?;
     let token = agent_token(&a)?;
     let servers = Arc::new(servers::Servers::new(a.retry_join.clone(), tls(&a)?));
-    let advertise = a
-        .advertise
+    let advertise = match a.advertise {
+        Some(ip) => ip,
+        None => match std::env::var("ECS_CONTAINER_METADATA_URI_V4") {
+            Ok(uri) if !uri.is_empty() => task_ip(&uri).await,
+            _ => None,
+        }
         .or_else(berth_server::util::first_private_ipv4)
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+    };
     let node_name = a.node.clone().unwrap_or_else(berth_server::util::hostname);
     let node_id = uuid::Uuid::new_v4().to_string();
 
@@ -337,5 +376,22 @@ async fn reconcile_loop(
             proxies.reconcile(defs);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_task_ip_comes_from_the_first_container_network() {
+        let task = json!({"Containers": [
+            {"Name": "berth-agent", "Networks": [{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.3.7"]}]},
+            {"Name": "app", "Networks": [{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.3.7"]}]}
+        ]});
+        assert_eq!(task_ip_of(&task), Some(IpAddr::from([10, 0, 3, 7])));
+        assert_eq!(task_ip_of(&json!({"Containers": [{"Networks": []}]})), None);
+        assert_eq!(task_ip_of(&json!({})), None);
     }
 }
