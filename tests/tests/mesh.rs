@@ -725,3 +725,69 @@ async fn a_dead_agents_services_leave_passing_reads_and_come_back() {
     )
     .await;
 }
+
+#[test]
+fn bad_agent_settings_exit_with_one_line_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("agent.hcl");
+    std::fs::write(&bad, "retry_joinx = [\"127.0.0.1\"]\n").unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        format!(r#"{{"retry_join": ["127.0.0.1:1"], "http_addr": "{busy}"}}"#),
+    )
+    .unwrap();
+    for (args, env, why) in [
+        (vec!["agent"], vec![], "no servers to join"),
+        (
+            vec!["agent", "-retry-join", "x", "-xds-addr", "nope"],
+            vec![],
+            "xds_addr",
+        ),
+        (
+            vec!["agent", "-config-file", bad.to_str().unwrap()],
+            vec![],
+            "unknown key",
+        ),
+        (
+            vec!["agent"],
+            vec![("BERTH_AGENT_CONFIG_FILE", "/nonexistent/agent.hcl")],
+            "/nonexistent/agent.hcl",
+        ),
+        (
+            vec![
+                "agent",
+                "-retry-join",
+                "x",
+                "-token-file",
+                "/nonexistent/token",
+            ],
+            vec![],
+            "/nonexistent/token",
+        ),
+    ] {
+        let out = std::process::Command::new(berth_tests::bin("berth"))
+            .args(&args)
+            .envs(env)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    // The config file's settings are used: its HTTP address is in use, and the agent says so.
+    let out = std::process::Command::new(berth_tests::bin("berth"))
+        .args(["agent", "-config-file", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    drop(held);
+    assert!(
+        err.contains("waiting for the servers") || err.contains(&busy),
+        "{err}"
+    );
+}

@@ -12,10 +12,11 @@ mod http;
 mod leaf;
 mod proxy;
 mod servers;
+mod settings;
 mod watch;
 mod xds;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -24,56 +25,9 @@ use anyhow::Context;
 use berth_agent::{Agent, AgentConfig};
 use berth_api::catalog::Node;
 use berth_api::connect::CaRoots;
-use clap::Args;
 
-#[derive(Args, Debug)]
-pub struct AgentArgs {
-    /// A server's RPC address (HOST[:PORT], port 8300 by default); repeatable.
-    #[arg(
-        long = "retry-join",
-        env = "BERTH_RETRY_JOIN",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub retry_join: Vec<String>,
-    /// The agent API.
-    #[arg(
-        long = "http-addr",
-        env = "BERTH_AGENT_HTTP_ADDR",
-        default_value = "127.0.0.1:8500"
-    )]
-    pub http_addr: SocketAddr,
-    /// Delta xDS for the task's Envoy.
-    #[arg(
-        long = "xds-addr",
-        env = "BERTH_XDS_ADDR",
-        default_value = "127.0.0.1:8502"
-    )]
-    pub xds_addr: SocketAddr,
-    /// The address the catalog shows for this node (default: the task IP from ECS task
-    /// metadata, else the first private IPv4).
-    #[arg(long = "advertise", env = "BERTH_ADVERTISE")]
-    pub advertise: Option<IpAddr>,
-    /// The node name (default: the host name).
-    #[arg(long = "node", env = "BERTH_NODE_NAME")]
-    pub node: Option<String>,
-    #[arg(long = "datacenter", env = "BERTH_DATACENTER", default_value = "dc1")]
-    pub datacenter: String,
-    /// The agent's own token (node writes); services use the token they registered with.
-    #[arg(long = "token", env = "BERTH_AGENT_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    #[arg(long = "token-file", env = "BERTH_AGENT_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// CA that signed the servers' RPC certificates: the RPC connection then uses TLS.
-    #[arg(long = "ca-file", env = "BERTH_CACERT")]
-    pub ca_file: Option<PathBuf>,
-    #[arg(long = "log-level", env = "BERTH_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-    /// Where the agent keeps its services, checks and their tokens across restarts
-    /// (`local-state.json`, mode 0600). Without it a restarted agent starts empty.
-    #[arg(long = "data-dir", env = "BERTH_AGENT_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-}
+pub use settings::AgentArgs;
+use settings::Settings;
 
 const STATE_FILE: &str = "local-state.json";
 
@@ -96,7 +50,7 @@ fn save_state(dir: &std::path::Path, p: &berth_agent::Persisted) -> anyhow::Resu
     crate::login::write_secret_file(&dir.join(STATE_FILE), &body)
 }
 
-fn agent_token(a: &AgentArgs) -> anyhow::Result<Option<String>> {
+fn agent_token(a: &Settings) -> anyhow::Result<Option<String>> {
     if let Some(t) = &a.token {
         return Ok(Some(t.clone()));
     }
@@ -112,7 +66,7 @@ fn agent_token(a: &AgentArgs) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn tls(a: &AgentArgs) -> anyhow::Result<berth_server::rpc::TlsClient> {
+fn tls(a: &Settings) -> anyhow::Result<berth_server::rpc::TlsClient> {
     let Some(ca) = &a.ca_file else {
         return Ok(None);
     };
@@ -190,9 +144,27 @@ fn watch_roots(
     })
 }
 
-pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
+/// Flags, then the config files they (or the environment) name, then the environment.
+fn settings(args: &AgentArgs) -> anyhow::Result<Settings> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let mut files = Vec::new();
+    for f in settings::config_files(args, &env) {
+        files.push(berth_api::config::load_file(&f).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    settings::resolve(args, files, settings::from_env(&env)).map_err(anyhow::Error::msg)
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let a = settings(&args)?;
     init_logging(&a.log_level)?;
     let token = agent_token(&a)?;
+    // Ports first: a port in use is an error now, not after the servers answer.
+    let http_listener = tokio::net::TcpListener::bind(a.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for the agent API on {}", a.http_addr))?;
+    let xds_listener = tokio::net::TcpListener::bind(a.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen for xDS on {}", a.xds_addr))?;
     let servers = Arc::new(servers::Servers::new(a.retry_join.clone(), tls(&a)?));
     let advertise = match a.advertise {
         Some(ip) => ip,
@@ -288,12 +260,6 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
         datacenter: a.datacenter.clone(),
         node_id,
     };
-    let http_listener = tokio::net::TcpListener::bind(a.http_addr)
-        .await
-        .with_context(|| format!("cannot listen for the agent API on {}", a.http_addr))?;
-    let xds_listener = tokio::net::TcpListener::bind(a.xds_addr)
-        .await
-        .with_context(|| format!("cannot listen for xDS on {}", a.xds_addr))?;
     let source = Arc::new(xds::AgentSource { proxies, resolver });
     let xds = tonic::transport::Server::builder()
         .add_service(berth_xds::service(source))
