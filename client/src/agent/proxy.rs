@@ -199,48 +199,63 @@ pub fn intentions(list: &[Intention]) -> Vec<berth_xds::Intention> {
         .collect()
 }
 
-fn critical(row: &Value) -> bool {
-    field(row, "Checks")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| text(c, "Status") == "critical"))
+/// What a proxy needs of one health row: kept instead of the row itself, since an agent
+/// watches every instance of each upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub node: String,
+    pub id: String,
+    /// The service's address, else the node's.
+    pub address: String,
+    pub port: Option<u16>,
+    /// For a sidecar: the instance it fronts.
+    pub fronts: String,
+    pub critical: bool,
+}
+
+pub fn row_of(r: &Value) -> Option<Row> {
+    let svc = field(r, "Service")?;
+    let node = field(r, "Node")?;
+    let address = match text(svc, "Address") {
+        a if a.is_empty() => text(node, "Address"),
+        a => a,
+    };
+    Some(Row {
+        node: text(node, "Node"),
+        id: text(svc, "ID"),
+        address,
+        port: port(svc, "Port"),
+        fronts: field(svc, "Proxy")
+            .map(|p| text(p, "DestinationServiceID"))
+            .unwrap_or_default(),
+        critical: field(r, "Checks")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| text(c, "Status") == "critical")),
+    })
 }
 
 /// Instances of a service as `/v1/health/connect/<s>` lists them (its sidecars), healthy
 /// when neither the sidecar nor the instance it fronts (from `/v1/health/service/<s>`) has a
 /// critical check — what Consul's sidecar alias check says.
-pub fn endpoints(proxies: &[Value], parents: &[Value]) -> Vec<Endpoint> {
-    let parent_ok: BTreeMap<(String, String), bool> = parents
+pub fn endpoints(proxies: &[Row], parents: &[Row]) -> Vec<Endpoint> {
+    let parent_ok: BTreeMap<(&str, &str), bool> = parents
         .iter()
-        .filter_map(|r| {
-            let node = text(field(r, "Node")?, "Node");
-            let id = text(field(r, "Service")?, "ID");
-            Some(((node, id), !critical(r)))
-        })
+        .map(|r| ((r.node.as_str(), r.id.as_str()), !r.critical))
         .collect();
     let mut out = Vec::new();
     for r in proxies {
-        let (Some(svc), Some(node)) = (field(r, "Service"), field(r, "Node")) else {
+        let (Ok(address), Some(port)) = (r.address.parse::<IpAddr>(), r.port) else {
             continue;
         };
-        let addr = match text(svc, "Address") {
-            a if a.is_empty() => text(node, "Address"),
-            a => a,
-        };
-        let (Ok(address), Some(port)) = (addr.parse::<IpAddr>(), port(svc, "Port")) else {
-            continue;
-        };
-        let parent = field(svc, "Proxy").map(|p| text(p, "DestinationServiceID"));
-        let parent_healthy = match parent {
-            Some(id) if !id.is_empty() => parent_ok
-                .get(&(text(node, "Node"), id))
+        let parent_healthy = r.fronts.is_empty()
+            || parent_ok
+                .get(&(r.node.as_str(), r.fronts.as_str()))
                 .copied()
-                .unwrap_or(false),
-            _ => true,
-        };
+                .unwrap_or(false);
         out.push(Endpoint {
             address,
             port,
-            healthy: !critical(r) && parent_healthy,
+            healthy: !r.critical && parent_healthy,
         });
     }
     out.sort_by_key(|e| (e.address, e.port));
@@ -259,7 +274,7 @@ struct Inputs {
     upstreams: Vec<(Rows, Rows)>,
 }
 
-type Rows = watch::Receiver<Option<Arc<Vec<Value>>>>;
+type Rows = watch::Receiver<Option<Arc<Vec<Row>>>>;
 type Decisions = (bool, Vec<Intention>);
 
 fn assemble(def: &ProxyDef, datacenter: &str, i: &Inputs) -> Option<ProxySnapshot> {
@@ -416,7 +431,10 @@ impl Proxies {
             .iter()
             .map(|u| {
                 let rows = |path: String| {
-                    blocking(s.clone(), path, token.clone(), |r| json_or(r, Vec::new))
+                    blocking(s.clone(), path, token.clone(), |r| {
+                        json_or(r, Vec::new)
+                            .map(|rows: Vec<Value>| rows.iter().filter_map(row_of).collect())
+                    })
                 };
                 (
                     rows(format!("/v1/health/connect/{}", enc(&u.destination))),
@@ -512,7 +530,8 @@ mod tests {
             json!({"Node": {"Node": "b"}, "Service": {"ID": "api"}, "Checks": [{"Status": "passing"}]}),
             json!({"Node": {"Node": "c"}, "Service": {"ID": "api"}, "Checks": [{"Status": "critical"}]}),
         ];
-        let e = endpoints(&proxies, &parents);
+        let rows = |v: &[Value]| v.iter().filter_map(row_of).collect::<Vec<_>>();
+        let e = endpoints(&rows(&proxies), &rows(&parents));
         assert_eq!(e.len(), 3);
         assert!(e[0].healthy);
         assert_eq!(e[1].address, "10.0.0.3".parse::<IpAddr>().unwrap());
