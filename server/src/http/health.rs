@@ -52,27 +52,15 @@ pub fn connect_instances<'a>(
     &'a berth_api::catalog::Node,
     &'a berth_api::catalog::AgentService,
 )> {
-    s.catalog
-        .values()
-        .flat_map(|r| r.services.values().map(move |svc| (&r.node, svc)))
-        .filter(|(_, svc)| {
-            let proxies = svc.kind == "connect-proxy"
-                && svc
-                    .proxy
-                    .as_ref()
-                    .and_then(|p| p.get("DestinationServiceName"))
-                    .and_then(|d| d.as_str())
-                    == Some(name);
-            let native = svc.service == name
-                && svc
-                    .connect
-                    .as_ref()
-                    .and_then(|c| c.get("Native"))
-                    .and_then(|n| n.as_bool())
-                    == Some(true);
-            proxies || native
-        })
-        .collect()
+    let mut out = s.proxies_of(name);
+    out.extend(s.service_instances(name).into_iter().filter(|(_, svc)| {
+        svc.connect
+            .as_ref()
+            .and_then(|c| c.get("Native"))
+            .and_then(|n| n.as_bool())
+            == Some(true)
+    }));
+    out
 }
 
 async fn service_entries(

@@ -58,14 +58,45 @@ impl State {
     /// Rebuilds the service-name index after a snapshot restore.
     pub fn rebuild_catalog_index(&mut self) {
         self.by_service.clear();
+        self.by_destination.clear();
         for (node, rec) in &self.catalog {
             for (id, svc) in &rec.services {
                 self.by_service
                     .entry(svc.service.clone())
                     .or_default()
                     .insert((node.clone(), id.clone()));
+                if let Some(d) = proxy_destination(svc) {
+                    self.by_destination
+                        .entry(d)
+                        .or_default()
+                        .insert((node.clone(), id.clone()));
+                }
             }
         }
+    }
+
+    fn unindex_destination(&mut self, svc: &AgentService, node: &str) {
+        if let Some(d) = proxy_destination(svc)
+            && let Some(set) = self.by_destination.get_mut(&d)
+        {
+            set.remove(&(node.to_string(), svc.id.clone()));
+            if set.is_empty() {
+                self.by_destination.remove(&d);
+            }
+        }
+    }
+
+    /// Sidecar proxies (node, service ID) of the service `name`.
+    pub fn proxies_of(&self, name: &str) -> Vec<(&Node, &AgentService)> {
+        self.by_destination
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|(node, id)| {
+                let rec = self.catalog.get(node)?;
+                Some((&rec.node, rec.services.get(id)?))
+            })
+            .collect()
     }
 
     fn touch_service(&mut self, name: &str, index: u64, changes: &mut Changes) {
@@ -202,6 +233,15 @@ impl State {
                     .entry(svc.service.clone())
                     .or_default()
                     .insert((name.clone(), svc.id.clone()));
+                if let Some(o) = &old {
+                    self.unindex_destination(o, &name);
+                }
+                if let Some(d) = proxy_destination(&svc) {
+                    self.by_destination
+                        .entry(d)
+                        .or_default()
+                        .insert((name.clone(), svc.id.clone()));
+                }
                 let svc_name = svc.service.clone();
                 if let Some(rec) = self.catalog.get_mut(&name) {
                     rec.services.insert(svc.id.clone(), svc);
@@ -256,11 +296,13 @@ impl State {
         };
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut tables: Vec<Table> = Vec::new();
+        let mut removed: Vec<AgentService> = Vec::new();
         match (service_id, check_id) {
             (Some(sid), _) => {
                 if let Some(svc) = rec.services.remove(sid) {
                     touched.insert(svc.service.clone());
                     touched.extend(proxy_destination(&svc));
+                    removed.push(svc.clone());
                     if let Some(set) = self.by_service.get_mut(&svc.service) {
                         set.remove(&(node.to_string(), sid.to_string()));
                     }
@@ -296,10 +338,14 @@ impl State {
                             set.remove(&(node.to_string(), id));
                         }
                         touched.extend(proxy_destination(&svc));
+                        removed.push(svc.clone());
                         touched.insert(svc.service);
                     }
                 }
             }
+        }
+        for svc in &removed {
+            self.unindex_destination(svc, node);
         }
         if tables.is_empty() {
             return;

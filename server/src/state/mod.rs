@@ -78,6 +78,9 @@ pub struct State {
     /// Derived: (node, service ID) of every instance of a service name.
     #[serde(skip)]
     pub by_service: BTreeMap<String, std::collections::BTreeSet<(String, String)>>,
+    /// Derived: (node, service ID) of every sidecar proxy of a service name.
+    #[serde(skip)]
+    pub by_destination: BTreeMap<String, std::collections::BTreeSet<(String, String)>>,
     pub table_index: BTreeMap<Table, u64>,
     #[serde(default)]
     pub acl: acl::AclTables,

@@ -213,3 +213,76 @@ fn snapshot_round_trip_keeps_tables() {
     assert_eq!(back.sessions, s.sessions);
     assert_eq!(back.table_index, s.table_index);
 }
+
+fn proxy_reg(node: &str, id: &str, dest: &str) -> Command {
+    Command::Catalog(CatalogOp::Register(Box::new(Registration {
+        node: berth_api::catalog::Node {
+            node: node.into(),
+            address: "10.0.0.1".into(),
+            ..Default::default()
+        },
+        skip_node_update: false,
+        service: Some(berth_api::catalog::AgentService {
+            kind: "connect-proxy".into(),
+            id: id.into(),
+            service: format!("{id}-svc"),
+            port: 21000,
+            proxy: Some(serde_json::json!({"DestinationServiceName": dest})),
+            ..Default::default()
+        }),
+        checks: vec![],
+    })))
+}
+
+fn proxies(s: &State, dest: &str) -> Vec<String> {
+    s.proxies_of(dest)
+        .into_iter()
+        .map(|(n, svc)| format!("{}/{}", n.node, svc.id))
+        .collect()
+}
+
+#[test]
+fn the_destination_index_follows_registrations() {
+    let mut s = State::default();
+    let mut ch = Changes::default();
+    s.apply(1, &proxy_reg("a", "p1", "api"), &mut ch);
+    assert!(
+        ch.services.contains(&"api".to_string()),
+        "a proxy's change touches its destination"
+    );
+    apply(&mut s, 2, proxy_reg("b", "p2", "api"));
+    assert_eq!(proxies(&s, "api"), vec!["a/p1", "b/p2"]);
+    // A new destination moves the proxy.
+    apply(&mut s, 3, proxy_reg("a", "p1", "db"));
+    assert_eq!(proxies(&s, "api"), vec!["b/p2"]);
+    assert_eq!(proxies(&s, "db"), vec!["a/p1"]);
+    // A snapshot restore rebuilds the same index.
+    let mut restored: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    restored.rebuild_catalog_index();
+    assert_eq!(proxies(&restored, "db"), vec!["a/p1"]);
+    let mut ch = Changes::default();
+    s.apply(
+        4,
+        &Command::Catalog(CatalogOp::Deregister {
+            node: "b".into(),
+            service_id: Some("p2".into()),
+            check_id: None,
+        }),
+        &mut ch,
+    );
+    assert!(proxies(&s, "api").is_empty());
+    assert!(
+        ch.services.contains(&"api".to_string()),
+        "a removed proxy touches its destination"
+    );
+    apply(
+        &mut s,
+        5,
+        Command::Catalog(CatalogOp::Deregister {
+            node: "a".into(),
+            service_id: None,
+            check_id: None,
+        }),
+    );
+    assert!(proxies(&s, "db").is_empty());
+}
