@@ -187,3 +187,93 @@ async fn a_tls_cluster_forms_refuses_strangers_and_serves_https() {
         "a client trusting another CA accepted the server"
     );
 }
+
+/// A client agent joins a server whose RPC port requires client certificates, with a
+/// certificate of the cluster's CA; without one it gets nowhere.
+#[tokio::test]
+async fn an_agent_joins_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let (ca, certs, client_cert) = make_pki(&pki_dir, 1);
+    let https_port = free_port();
+    let server = Server::start(
+        dir.path(),
+        "t0",
+        free_port(),
+        free_port(),
+        &[
+            "-bootstrap-expect".to_string(),
+            "1".into(),
+            "-https-addr".into(),
+            format!("127.0.0.1:{https_port}"),
+            "-config-file".into(),
+            tls_config(dir.path(), "t0", &ca, &certs[0]),
+        ],
+    );
+    server.wait_ready(Duration::from_secs(30)).await;
+    let ca_s = ca.display().to_string();
+    let (cert_s, key_s) = (
+        client_cert.0.display().to_string(),
+        client_cert.1.display().to_string(),
+    );
+    let agent = berth_tests::mesh::AgentProc::start(
+        dir.path(),
+        "tls-node",
+        &server.rpc_addr(),
+        &[
+            "-ca-file",
+            &ca_s,
+            "-cert-file",
+            &cert_s,
+            "-key-file",
+            &key_s,
+        ],
+    );
+    agent.wait_ready().await;
+    let r = berth_tests::http_client()
+        .put(agent.url("/v1/agent/service/register"))
+        .json(&serde_json::json!({"Name": "secure", "Port": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let https = https_client(&ca, Some(&client_cert));
+    let url = format!("https://127.0.0.1:{https_port}/v1/catalog/service/secure");
+    berth_tests::eventually(
+        Duration::from_secs(15),
+        "the service in the catalog",
+        || async {
+            let v: serde_json::Value = https.get(&url).send().await.ok()?.json().await.ok()?;
+            (v.as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    )
+    .await;
+
+    // Without a client certificate the agent never reaches the servers.
+    let lonely = berth_tests::mesh::AgentProc::start(
+        dir.path(),
+        "no-cert",
+        &server.rpc_addr(),
+        &["-ca-file", &ca_s],
+    );
+    berth_tests::eventually(
+        Duration::from_secs(15),
+        "the agent to report the refusal",
+        || async {
+            lonely
+                .log_text()
+                .contains("waiting for the servers")
+                .then_some(())
+        },
+    )
+    .await;
+    let r = berth_tests::http_client()
+        .get(lonely.url("/v1/agent/self"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "the agent without a certificate serves its API without servers"
+    );
+}

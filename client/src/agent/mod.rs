@@ -70,6 +70,20 @@ fn tls(a: &Settings) -> anyhow::Result<berth_server::rpc::TlsClient> {
     let Some(ca) = &a.ca_file else {
         return Ok(None);
     };
+    let name = format!("server.{}.berth", a.datacenter);
+    // With a client certificate, the servers' own TLS setup (hostname checked).
+    if let (Some(cert), Some(key)) = (&a.cert_file, &a.key_file) {
+        let m = berth_server::tls::TlsMaterial::load(&berth_server::tls::TlsSettings {
+            ca_file: Some(ca.clone()),
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+            verify_incoming: false,
+            verify_outgoing: true,
+            verify_server_hostname: true,
+        })
+        .map_err(|e| anyhow::anyhow!("RPC TLS: {e}"))?;
+        return Ok(Some((m.client_config(&a.datacenter), name)));
+    }
     let pem = std::fs::read(ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -80,12 +94,13 @@ fn tls(a: &Settings) -> anyhow::Result<berth_server::rpc::TlsClient> {
     }
     anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", ca.display());
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = format!("server.{}.berth", a.datacenter);
+    // gRPC needs HTTP/2, which the servers' TLS port offers by ALPN.
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some((Arc::new(cfg), name)))
 }
 

@@ -42,6 +42,12 @@ pub struct AgentArgs {
     /// Key `ca_file`, env BERTH_CACERT.
     #[arg(long = "ca-file")]
     pub ca_file: Option<PathBuf>,
+    /// The agent's client certificate and key, for servers with `verify_incoming`.
+    /// Keys `cert_file` / `key_file`, env BERTH_CLIENT_CERT / BERTH_CLIENT_KEY.
+    #[arg(long = "cert-file", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long = "key-file", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// [default: info]. Key `log_level`, env BERTH_LOG_LEVEL.
     #[arg(long = "log-level")]
     pub log_level: Option<String>,
@@ -67,6 +73,8 @@ pub struct Layer {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub data_dir: Option<PathBuf>,
 }
@@ -83,6 +91,8 @@ impl Layer {
             token: top.token.or(self.token),
             token_file: top.token_file.or(self.token_file),
             ca_file: top.ca_file.or(self.ca_file),
+            cert_file: top.cert_file.or(self.cert_file),
+            key_file: top.key_file.or(self.key_file),
             log_level: top.log_level.or(self.log_level),
             data_dir: top.data_dir.or(self.data_dir),
         }
@@ -99,6 +109,8 @@ impl Layer {
             token: a.token.clone(),
             token_file: a.token_file.clone(),
             ca_file: a.ca_file.clone(),
+            cert_file: a.cert_file.clone(),
+            key_file: a.key_file.clone(),
             log_level: a.log_level.clone(),
             data_dir: a.data_dir.clone(),
         }
@@ -124,6 +136,8 @@ pub fn from_env(env: &HashMap<String, String>) -> Layer {
         token: get("BERTH_AGENT_TOKEN"),
         token_file: get("BERTH_AGENT_TOKEN_FILE").map(PathBuf::from),
         ca_file: get("BERTH_CACERT").map(PathBuf::from),
+        cert_file: get("BERTH_CLIENT_CERT").map(PathBuf::from),
+        key_file: get("BERTH_CLIENT_KEY").map(PathBuf::from),
         log_level: get("BERTH_LOG_LEVEL"),
         data_dir: get("BERTH_AGENT_DATA_DIR").map(PathBuf::from),
     }
@@ -156,6 +170,8 @@ pub struct Settings {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub log_level: String,
     pub data_dir: Option<PathBuf>,
 }
@@ -176,6 +192,12 @@ pub fn resolve(a: &AgentArgs, files: Vec<Layer>, env: Layer) -> Result<Settings,
         return Err(
             "no servers to join: give -retry-join (or retry_join, BERTH_RETRY_JOIN)".into(),
         );
+    }
+    if m.cert_file.is_some() != m.key_file.is_some() {
+        return Err("cert_file and key_file go together".into());
+    }
+    if m.cert_file.is_some() && m.ca_file.is_none() {
+        return Err("a client certificate needs ca_file to verify the servers".into());
     }
     let advertise = match m.advertise_addr {
         None => None,
@@ -200,6 +222,8 @@ pub fn resolve(a: &AgentArgs, files: Vec<Layer>, env: Layer) -> Result<Settings,
         token: m.token,
         token_file: m.token_file,
         ca_file: m.ca_file,
+        cert_file: m.cert_file,
+        key_file: m.key_file,
         log_level: m.log_level.unwrap_or_else(|| "info".into()),
         data_dir: m.data_dir,
     })
