@@ -89,6 +89,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(berth_api::cli::normalize_args(std::env::args_os()));
     // The agent serves HTTP, xDS and its watches at once; a CLI call is one request.
     let mut rt = if matches!(cli.command, Command::Agent(_)) {
+        // A task's agent should stay small: one arena per worker would keep freed memory.
+        berth_server::util::limit_malloc_arenas();
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(2);
         b
