@@ -803,3 +803,125 @@ fn bad_agent_settings_exit_with_one_line_naming_the_problem() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_and_the_printed_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::dev(dir.path());
+    server.wait_ready(Duration::from_secs(10)).await;
+    let agent = AgentProc::start(dir.path(), "solo", &server.rpc_addr(), &[]);
+    agent.wait_ready().await;
+    let td = eventually(Duration::from_secs(10), "the trust domain", || async {
+        let v: Value = http_client()
+            .get(agent.url("/v1/agent/connect/ca/roots"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["TrustDomain"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    })
+    .await;
+    let authorize = |uri: String| {
+        let url = agent.url("/v1/agent/connect/authorize");
+        async move {
+            let r = http_client()
+                .post(url)
+                .json(&json!({"Target": "api", "ClientCertURI": uri}))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let web = format!("spiffe://{td}/ns/default/dc/dc1/svc/web");
+    let (s, v) = authorize(web.clone()).await;
+    assert_eq!(
+        (s, v["Authorized"].clone()),
+        (200, json!(true)),
+        "ACLs off, no intention: {v}"
+    );
+    let (s, t) = put(
+        server.url("/v1/config"),
+        json!({"Kind": "service-intentions", "Name": "api", "Sources": [{"Name": "web", "Action": "deny"}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let (_, v) = authorize(web).await;
+    assert_eq!(v["Authorized"], json!(false), "{v}");
+    let (s, _) = authorize("https://example.com/not-spiffe".into()).await;
+    assert_eq!(s, 400);
+
+    // `berth connect envoy -bootstrap` prints a bootstrap Envoy accepts.
+    let (s, t) = put(
+        agent.url("/v1/agent/service/register"),
+        json!({"Name": "web", "Port": 8080, "Connect": {"SidecarService": {}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let out = std::process::Command::new(berth_tests::bin("berth"))
+        .args([
+            "connect",
+            "envoy",
+            "-bootstrap",
+            "-proxy-id",
+            "web-sidecar-proxy",
+            "-http-addr",
+            &format!("127.0.0.1:{}", agent.http_port),
+            "-xds-addr",
+            &format!("127.0.0.1:{}", agent.xds_port),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(boot["node"]["id"], "web-sidecar-proxy");
+    assert_eq!(boot["node"]["cluster"], "web");
+    assert_eq!(
+        boot["admin"]["address"]["socket_address"]["port_value"],
+        19000
+    );
+    let file = dir.path().join("printed.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let v = std::process::Command::new(berth_tests::moto::venv_bin("envoy"))
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-c",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "envoy refused the bootstrap: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // An unknown proxy ID is an error naming it.
+    let out = std::process::Command::new(berth_tests::bin("berth"))
+        .args([
+            "connect",
+            "envoy",
+            "-bootstrap",
+            "-proxy-id",
+            "nope",
+            "-http-addr",
+            &format!("127.0.0.1:{}", agent.http_port),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope\""));
+}
