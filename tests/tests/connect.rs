@@ -620,3 +620,101 @@ async fn blocking_reads_of_roots_and_entries_wake_on_change() {
     assert!(r.index() > idx);
     assert_eq!(r.json().as_array().unwrap().len(), 1);
 }
+
+/// A corporate PKI: a root that stays offline, and an intermediate (with its key) that Berth
+/// signs leaves with.
+fn corporate_pki() -> (String, String, String, rcgen::KeyPair) {
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let mut rp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    rp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rp.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    rp.distinguished_name
+        .push(rcgen::DnType::CommonName, "Corp Root CA");
+    let root = rp.self_signed(&root_key).unwrap();
+    let issuer = rcgen::Issuer::new(rp, &root_key);
+    let int_key = rcgen::KeyPair::generate().unwrap();
+    let mut ip = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ip.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    ip.distinguished_name
+        .push(rcgen::DnType::CommonName, "Corp Mesh Intermediate");
+    let int = ip.signed_by(&int_key, &issuer).unwrap();
+    (root.pem(), int.pem(), int_key.serialize_pem(), root_key)
+}
+
+#[tokio::test]
+async fn an_intermediate_from_a_corporate_ca_signs_leaves_that_chain_to_its_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = AclServer::start(dir.path()).await;
+    roots(&acl).await;
+    let (root, int, int_key, root_key) = corporate_pki();
+    // The intermediate alone is not enough: peers must be able to reach a root.
+    let r = acl
+        .call(
+            "PUT",
+            "/v1/connect/ca/configuration",
+            Some(&acl.root),
+            Some(json!({"Provider": "file", "Config": {"RootCert": int, "PrivateKey": int_key}})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("self-signed root"), "{}", r.text());
+    // A chain that does not link up is refused too.
+    let (other_root, _, _, _) = corporate_pki();
+    let r = acl
+        .call("PUT", "/v1/connect/ca/configuration", Some(&acl.root),
+            Some(json!({"Provider": "file", "Config": {"RootCert": format!("{int}{other_root}"), "PrivateKey": int_key}})))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("signed by the next"), "{}", r.text());
+    let _ = root_key;
+
+    let r = acl
+        .call("PUT", "/v1/connect/ca/configuration", Some(&acl.root),
+            Some(json!({"Provider": "file", "Config": {"RootCert": format!("{int}{root}"), "PrivateKey": int_key}})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = roots(&acl).await;
+    let active = v["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["Active"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        active["RootCert"].as_str().unwrap().trim(),
+        root.trim(),
+        "peers trust the corporate root"
+    );
+    assert_eq!(active["IntermediateCerts"].as_array().unwrap().len(), 1);
+
+    let web = token_for(&acl, "web").await;
+    let (_, csr) = csr_for(&[]);
+    let leaf = acl
+        .call(
+            "PUT",
+            "/v1/connect/ca/sign",
+            Some(&web),
+            Some(json!({"CSR": csr, "Service": "web"})),
+        )
+        .await
+        .json();
+    let chain = leaf["CertPEM"].as_str().unwrap();
+    let certs: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(chain.as_bytes())
+        .map(|p| p.unwrap())
+        .collect();
+    assert_eq!(certs.len(), 2, "leaf + intermediate");
+    let (_, leaf_c) = x509_parser::parse_x509_certificate(&certs[0].contents).unwrap();
+    let (_, int_c) = x509_parser::parse_x509_certificate(&certs[1].contents).unwrap();
+    let (_, rp) = x509_parser::pem::parse_x509_pem(root.as_bytes()).unwrap();
+    let (_, root_c) = x509_parser::parse_x509_certificate(&rp.contents).unwrap();
+    assert!(leaf_c.verify_signature(Some(int_c.public_key())).is_ok());
+    assert!(int_c.verify_signature(Some(root_c.public_key())).is_ok());
+}

@@ -414,27 +414,38 @@ async fn a_root_rotation_under_load_fails_no_request() {
 
     let load = Load::start(format!("http://127.0.0.1:{}/rotation", m.upstream));
 
+    // The new CA is a corporate intermediate (with its chain up to the corporate root):
+    // Envoys must accept leaves that chain through it.
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let ca_params = |cn: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p
+    };
+    let rp = ca_params("Corp Root CA");
+    let corp_root = rp.self_signed(&root_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(rp, &root_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "Rotated Mesh CA");
-    let new_root = p.self_signed(&key).unwrap().pem();
+    let intermediate = ca_params("Corp Mesh Intermediate")
+        .signed_by(&key, &issuer)
+        .unwrap()
+        .pem();
     let (s, t) = put(
         m.server.url("/v1/connect/ca/configuration"),
-        json!({"Provider": "file", "Config": {"LeafCertTTL": "10s", "RootCert": new_root, "PrivateKey": key.serialize_pem()}}),
+        json!({"Provider": "file", "Config": {"LeafCertTTL": "10s", "RootCert": format!("{intermediate}{corp_root}"), "PrivateKey": key.serialize_pem()}}),
     )
     .await;
     assert_eq!(s, 200, "{t}");
 
-    // New leaves chain to the new root, and web's Envoy has one.
-    let (_, root_pem) = x509_parser::pem::parse_x509_pem(new_root.as_bytes()).unwrap();
-    let (_, root_cert) = x509_parser::parse_x509_certificate(&root_pem.contents).unwrap();
-    let new_root_key = root_cert.public_key().clone();
+    // New leaves chain to the new CA, and web's Envoy has one.
+    let (_, int_pem) = x509_parser::pem::parse_x509_pem(intermediate.as_bytes()).unwrap();
+    let (_, int_cert) = x509_parser::parse_x509_certificate(&int_pem.contents).unwrap();
+    let new_root_key = int_cert.public_key().clone();
     // Leaves are renewed every few seconds here, so each poll compares the agent's current
     // leaf with what web's Envoy holds.
     eventually(

@@ -35,6 +35,12 @@ pub struct RootMaterial {
     pub signing_key_id: String,
     pub not_before_ms: u64,
     pub not_after_ms: u64,
+    /// The certificate peers trust: `cert_pem` itself for a root, or the self-signed root at
+    /// the end of a user's bundle when `cert_pem` is an intermediate.
+    pub anchor_pem: String,
+    /// Certificates between a leaf and the anchor (the intermediate and any above it), sent
+    /// with every leaf; empty for a root.
+    pub chain: Vec<String>,
 }
 
 pub fn colon_hex(bytes: &[u8]) -> String {
@@ -118,7 +124,32 @@ fn describe(cert_pem: &str, key_pem: &str) -> Result<RootMaterial, CaError> {
         signing_key_id: ski,
         not_before_ms: u64::try_from(validity.not_before.timestamp()).unwrap_or(0) * 1000,
         not_after_ms: u64::try_from(validity.not_after.timestamp()).unwrap_or(0) * 1000,
+        anchor_pem: cert_pem.to_string(),
+        chain: Vec::new(),
     })
+}
+
+/// Every certificate of a PEM bundle, in order, as (PEM text, DER).
+fn bundle(text: &str) -> Result<Vec<(String, Vec<u8>)>, CaError> {
+    let mut out = Vec::new();
+    for p in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()) {
+        let p = p.map_err(|e| CaError::Material(format!("RootCert is not PEM: {e}")))?;
+        if p.label != "CERTIFICATE" {
+            continue;
+        }
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &p.contents);
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        out.push((pem, p.contents));
+    }
+    if out.is_empty() {
+        return Err(CaError::Material("RootCert holds no certificate".into()));
+    }
+    Ok(out)
 }
 
 /// The DER of the first certificate in a PEM text.
@@ -149,13 +180,22 @@ pub fn generate_root(
 }
 
 /// A user's own CA (the `file` provider, or `PrivateKey`/`RootCert` given to the built-in
-/// one): the certificate must be a CA that is valid now, and the key must be its key.
+/// one). `RootCert` is the signing CA, optionally followed by the chain up to a self-signed
+/// root (an intermediate imported from a corporate CA): the signing certificate must be a CA
+/// valid now, the key must be its key, and each certificate must be signed by the next.
 pub fn load_root(cert_pem: &str, key_pem: &str, now_ms: u64) -> Result<RootMaterial, CaError> {
     let key = KeyPair::from_pem(key_pem)
         .map_err(|e| CaError::Material(format!("PrivateKey does not parse: {e}")))?;
-    let der = pem_der(cert_pem)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| CaError::Material(format!("RootCert does not parse: {e}")))?;
+    let certs = bundle(cert_pem)?;
+    let parsed = certs
+        .iter()
+        .map(|(_, der)| {
+            x509_parser::parse_x509_certificate(der)
+                .map(|(_, c)| c)
+                .map_err(|e| CaError::Material(format!("RootCert does not parse: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cert = &parsed[0];
     if !cert.is_ca() {
         return Err(CaError::Material("RootCert is not a CA certificate".into()));
     }
@@ -164,9 +204,33 @@ pub fn load_root(cert_pem: &str, key_pem: &str, now_ms: u64) -> Result<RootMater
             "PrivateKey is not the key of RootCert".into(),
         ));
     }
-    let m = describe(cert_pem, key_pem)?;
+    for pair in parsed.windows(2) {
+        if pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .is_err()
+        {
+            return Err(CaError::Material(
+                "each certificate of RootCert must be signed by the next one".into(),
+            ));
+        }
+    }
+    let last = &parsed[parsed.len() - 1];
+    if last.subject() != last.issuer() || last.verify_signature(None).is_err() {
+        return Err(CaError::Material(
+            "RootCert must be a root, or an intermediate followed by its chain up to a self-signed root"
+                .into(),
+        ));
+    }
+    let mut m = describe(&certs[0].0, key_pem)?;
     if m.not_after_ms <= now_ms || m.not_before_ms > now_ms + 60_000 {
         return Err(CaError::Material("RootCert is not valid now".into()));
+    }
+    if certs.len() > 1 {
+        m.anchor_pem = certs[certs.len() - 1].0.clone();
+        m.chain = certs[..certs.len() - 1]
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect();
     }
     Ok(m)
 }

@@ -137,12 +137,17 @@ pub fn stored_root(m: &ca::RootMaterial, trust_domain: &str, name: &str) -> Stor
             external_trust_domain: trust_domain.to_string(),
             not_before: crate::acl::rfc3339(m.not_before_ms),
             not_after: crate::acl::rfc3339(m.not_after_ms),
-            root_cert: m.cert_pem.clone(),
-            intermediate_certs: Vec::new(),
+            root_cert: m.anchor_pem.clone(),
+            intermediate_certs: m.chain.clone(),
             active: true,
             private_key_type: "ec".into(),
             private_key_bits: 256,
             ..Default::default()
+        },
+        signing_cert: if m.chain.is_empty() {
+            String::new()
+        } else {
+            m.cert_pem.clone()
         },
         key_pem: m.key_pem.clone(),
         drop_after_ms: None,

@@ -96,8 +96,15 @@ pub async fn config_get(
 }
 
 fn material_of(r: &StoredRoot) -> ca::RootMaterial {
+    let signing = if r.signing_cert.is_empty() {
+        r.root.root_cert.clone()
+    } else {
+        r.signing_cert.clone()
+    };
     ca::RootMaterial {
-        cert_pem: r.root.root_cert.clone(),
+        anchor_pem: r.root.root_cert.clone(),
+        chain: Vec::new(),
+        cert_pem: signing,
         key_pem: r.key_pem.clone(),
         id: r.root.id.clone(),
         serial: r.root.serial_number,
@@ -135,13 +142,21 @@ pub async fn config_put(
     let now = now_ms();
     // A user's material is checked even when it is the current root: a wrong key must not
     // be stored for later.
-    if let Some((cert, key)) = &settings.material {
-        ca::load_root(cert, key, now)
-            .map_err(|e| ApiError::bad_request(format!("Invalid CA configuration: {e}")))?;
-    }
+    let loaded = match &settings.material {
+        Some((cert, key)) => Some(
+            ca::load_root(cert, key, now)
+                .map_err(|e| ApiError::bad_request(format!("Invalid CA configuration: {e}")))?,
+        ),
+        None => None,
+    };
     let had_material = old_settings.as_ref().is_some_and(|s| s.material.is_some());
-    let rotate = match &settings.material {
-        Some((cert, _)) => cert.trim() != old.root.root_cert.trim(),
+    let old_signing = if old.signing_cert.is_empty() {
+        &old.root.root_cert
+    } else {
+        &old.signing_cert
+    };
+    let rotate = match &loaded {
+        Some(m) => m.cert_pem.trim() != old_signing.trim(),
         // Back from a user's CA to one of Berth's own.
         None => had_material,
     };
@@ -149,7 +164,8 @@ pub async fn config_put(
         let m = crate::connect::make_root(&settings, &trust_domain, now)
             .map_err(|e| ApiError::bad_request(format!("Invalid CA configuration: {e}")))?;
         let mut r = stored_root(&m, &trust_domain, "Berth CA Primary Cert");
-        if !req.force_without_cross_signing && !old.key_pem.is_empty() {
+        // A user's intermediate chains to its own root; cross-signing is for our roots.
+        if !req.force_without_cross_signing && !old.key_pem.is_empty() && m.chain.is_empty() {
             let cross = ca::cross_sign(&m, &material_of(&old)).map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

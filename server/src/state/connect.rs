@@ -13,6 +13,10 @@ use super::{Changes, CommandResult, State, Table};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredRoot {
     pub root: CaRoot,
+    /// The certificate that signs leaves, when it is not `root.root_cert` (a user's
+    /// intermediate).
+    #[serde(default)]
+    pub signing_cert: String,
     /// The signing key: only the active root keeps it.
     pub key_pem: String,
     /// When a rotated-out root stops being trusted (unix ms): after every leaf it signed
