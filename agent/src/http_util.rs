@@ -58,6 +58,21 @@ impl From<berth_acl::Denied> for ApiError {
 /// The request's resolved ACL identity (set by the host's ACL layer).
 pub type Id = axum::Extension<std::sync::Arc<berth_acl::Identity>>;
 
+/// The token of a request: `X-Consul-Token`, `Authorization: Bearer`, or `?token=`.
+pub fn request_token(headers: &axum::http::HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(t) = headers.get("x-consul-token").and_then(|v| v.to_str().ok()) {
+        return Some(t.trim().to_string());
+    }
+    if let Some(t) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.trim().to_string());
+    }
+    Query::parse(query).get("token").map(str::to_string)
+}
+
 /// The caller's token, for requests a handler makes on its behalf (set by the host's ACL
 /// layer next to the [`Id`]).
 #[derive(Clone, Debug, Default)]

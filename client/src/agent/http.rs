@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 
 use berth_acl::{Access, Resource};
 use berth_agent::Agent;
-use berth_agent::http_util::{ApiError, Id, Query, RequestToken, decode_body, json as json_reply};
+use berth_agent::http_util::{
+    ApiError, Id, Query, RequestToken, decode_body, json as json_reply, request_token,
+};
 
 use super::acl::{ResolveError, Resolver};
 use super::leaf::Leaves;
@@ -33,23 +35,8 @@ pub struct Ctx {
     pub node_id: String,
 }
 
-/// `X-Consul-Token`, `Authorization: Bearer`, or `?token=`.
-fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(t) = headers.get("x-consul-token").and_then(|v| v.to_str().ok()) {
-        return Some(t.trim().to_string());
-    }
-    if let Some(t) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(t.trim().to_string());
-    }
-    Query::parse(query).value("token").map(str::to_string)
-}
-
 async fn resolve_token(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
-    let token = token_of(req.headers(), req.uri().query());
+    let token = request_token(req.headers(), req.uri().query());
     // Requests for the servers are checked there; only the agent's own routes need it here.
     if req.uri().path().starts_with("/v1/agent/") {
         match ctx.resolver.resolve(token.as_deref()).await {

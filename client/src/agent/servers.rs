@@ -54,15 +54,15 @@ impl Reply {
     }
 }
 
-/// `host` or `host:port` → `host:port` with the RPC port's default.
-pub fn with_port(addr: &str) -> String {
-    berth_server::config::with_rpc_port(addr)
-}
-
 impl Servers {
     pub fn new(addrs: Vec<String>, tls: berth_server::rpc::TlsClient) -> Servers {
         Servers {
-            addrs: Mutex::new(addrs.iter().map(|a| with_port(a)).collect()),
+            addrs: Mutex::new(
+                addrs
+                    .iter()
+                    .map(|a| berth_server::config::with_rpc_port(a))
+                    .collect(),
+            ),
             current: Mutex::new(0),
             clients: Clients::new(tls),
         }

@@ -191,28 +191,10 @@ tokio::task_local! {
 
 pub use berth_agent::http_util::RequestToken;
 
-/// The token of a request: `X-Consul-Token`, `Authorization: Bearer`, or `?token=`.
-fn request_token(req: &Request) -> Option<String> {
-    let h = req.headers();
-    if let Some(t) = h.get("x-consul-token").and_then(|v| v.to_str().ok()) {
-        return Some(t.trim().to_string());
-    }
-    if let Some(t) = h
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(t.trim().to_string());
-    }
-    Query::parse(req.uri().query())
-        .get("token")
-        .map(str::to_string)
-}
-
 /// Resolves the request's token into an [`berth_acl::Identity`] for the handlers. An unknown
 /// or expired token is a 403 "ACL not found", except where no token is needed.
 async fn resolve_token(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
-    let token = request_token(&req);
+    let token = berth_agent::http_util::request_token(req.headers(), req.uri().query());
     let path = req.uri().path();
     let tokenless = path == "/"
         || path.starts_with("/v1/status/")
