@@ -2,6 +2,7 @@
 //! ports and directories so that tests run in parallel.
 
 pub mod acl_server;
+pub mod cli;
 pub mod mesh;
 pub mod moto;
 
