@@ -281,6 +281,11 @@ pub async fn get_json(url: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: {e}: {text}"))
 }
 
+/// A GET's JSON answer, or `None` when it cannot be had yet (for [`eventually`] polls).
+pub async fn try_json(url: &str) -> Option<Value> {
+    http_client().get(url).send().await.ok()?.json().await.ok()
+}
+
 /// How one server of a [`Cluster`] is to be started.
 pub struct Plan {
     pub name: String,

@@ -285,6 +285,16 @@ impl Load {
         }
     }
 
+    /// Waits until `n` more requests have succeeded (at most a minute).
+    pub async fn more_ok(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        let target = self.ok.load(Ordering::SeqCst) + n;
+        eventually(Duration::from_secs(60), "requests to succeed", || async {
+            (self.ok.load(Ordering::SeqCst) >= target).then_some(())
+        })
+        .await;
+    }
+
     /// Stops the loop: (successes, failures).
     pub async fn finish(self) -> (usize, Vec<String>) {
         use std::sync::atomic::Ordering;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use berth_tests::mesh::{AgentProc, EnvoyProc, Load};
-use berth_tests::{Server, eventually, free_port, http_client};
+use berth_tests::{Server, eventually, free_port, http_client, try_json};
 use serde_json::{Value, json};
 
 /// The `api` app: answers with the client certificate its sidecar saw.
@@ -148,14 +148,7 @@ fn tail(s: &str) -> String {
 async fn web_reaches_api_over_mtls_and_intentions_decide() {
     let m = Mesh::start().await;
     let td = eventually(Duration::from_secs(20), "the trust domain", || async {
-        let v: Value = http_client()
-            .get(m.server.url("/v1/connect/ca/roots"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Value = try_json(&m.server.url("/v1/connect/ca/roots")).await?;
         v["TrustDomain"]
             .as_str()
             .filter(|s| !s.is_empty())
@@ -337,9 +330,10 @@ async fn an_agent_restart_loses_no_request_and_no_registration() {
 
     // Requests keep flowing while the agent is killed and started again.
     let load = Load::start(format!("http://127.0.0.1:{}/during", m.upstream));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.more_ok(5).await;
     m.web_agent.kill9();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The outage itself: requests must keep succeeding while no agent runs.
+    load.more_ok(50).await;
     m.web_agent.restart();
     m.web_agent.wait_ready().await;
     eventually(
@@ -354,7 +348,7 @@ async fn an_agent_restart_loses_no_request_and_no_registration() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.more_ok(10).await;
     let (ok, failed) = load.finish().await;
     println!("{ok} requests succeeded across the agent restart");
     assert!(
@@ -452,14 +446,7 @@ async fn a_root_rotation_under_load_fails_no_request() {
         Duration::from_secs(60),
         "web's Envoy to hold a leaf of the new root",
         || async {
-            let leaf: Value = http_client()
-                .get(m.web_agent.url("/v1/agent/connect/ca/leaf/web"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let leaf: Value = try_json(&m.web_agent.url("/v1/agent/connect/ca/leaf/web")).await?;
             let pem = leaf["CertPEM"].as_str()?.to_string();
             let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
             let (_, c) = x509_parser::parse_x509_certificate(&p.contents).ok()?;
@@ -482,14 +469,7 @@ async fn a_root_rotation_under_load_fails_no_request() {
         Duration::from_secs(60),
         "the old root to be dropped",
         || async {
-            let v: Value = http_client()
-                .get(m.server.url("/v1/connect/ca/roots"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v: Value = try_json(&m.server.url("/v1/connect/ca/roots")).await?;
             let ids: Vec<String> = v["Roots"]
                 .as_array()?
                 .iter()
@@ -499,7 +479,7 @@ async fn a_root_rotation_under_load_fails_no_request() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.more_ok(20).await;
     let (ok, failed) = load.finish().await;
     println!("{ok} requests succeeded across the rotation");
     assert!(
@@ -691,25 +671,11 @@ async fn a_dead_agents_services_leave_passing_reads_and_come_back() {
     .await;
     assert_eq!(s, 200, "{t}");
     let passing = || async {
-        let v: Value = http_client()
-            .get(server.url("/v1/health/service/pinger?passing"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Value = try_json(&server.url("/v1/health/service/pinger?passing")).await?;
         v.as_array().map(Vec::len)
     };
     let serf = || async {
-        let v: Value = http_client()
-            .get(server.url("/v1/health/node/task-node"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Value = try_json(&server.url("/v1/health/node/task-node")).await?;
         v.as_array()?
             .iter()
             .find(|c| c["CheckID"] == "serfHealth")
@@ -823,14 +789,7 @@ async fn authorize_and_the_printed_bootstrap() {
     let agent = AgentProc::start(dir.path(), "solo", &server.rpc_addr(), &[]);
     agent.wait_ready().await;
     let td = eventually(Duration::from_secs(10), "the trust domain", || async {
-        let v: Value = http_client()
-            .get(agent.url("/v1/agent/connect/ca/roots"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Value = try_json(&agent.url("/v1/agent/connect/ca/roots")).await?;
         v["TrustDomain"]
             .as_str()
             .filter(|s| !s.is_empty())
