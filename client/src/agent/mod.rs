@@ -344,16 +344,17 @@ async fn reconcile_loop(
                         }
                     }
                 }
-                if let Some(d) = &data_dir
-                    && let Err(e) = save_state(d, &st.persisted())
-                {
-                    tracing::warn!(error = %e, "cannot save the local state");
-                }
-                Some(defs)
+                Some((defs, data_dir.as_ref().map(|_| st.persisted())))
             }
         };
         drop(agent);
-        if let Some(defs) = defs {
+        // The file is written outside the state's lock, which every API call takes.
+        if let Some((defs, persisted)) = defs {
+            if let (Some(d), Some(p)) = (&data_dir, persisted)
+                && let Err(e) = save_state(d, &p)
+            {
+                tracing::warn!(error = %e, "cannot save the local state");
+            }
             proxies.reconcile(defs);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
