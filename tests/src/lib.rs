@@ -6,6 +6,9 @@ pub mod cli;
 pub mod mesh;
 pub mod moto;
 
+// The project's venv holds every third-party peer, not only moto.
+pub use moto::{repo_root, venv_bin};
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::moto::venv_bin;
+use crate::venv_bin;
 use crate::{bin, eventually, free_port, http_client};
 
 /// One `berth agent` process, killed when dropped.

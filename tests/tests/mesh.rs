@@ -864,7 +864,7 @@ async fn authorize_and_the_printed_bootstrap() {
     );
     let file = dir.path().join("printed.json");
     std::fs::write(&file, &out.stdout).unwrap();
-    let v = std::process::Command::new(berth_tests::moto::venv_bin("envoy"))
+    let v = std::process::Command::new(berth_tests::venv_bin("envoy"))
         .args([
             "--mode",
             "validate",

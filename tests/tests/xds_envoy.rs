@@ -28,13 +28,7 @@ const TOKEN: &str = "sidecar-token";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn envoy_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-deps",
-        p.display()
-    );
-    p
+    berth_tests::venv_bin("envoy")
 }
 
 fn loopback(port: u16) -> SocketAddr {
