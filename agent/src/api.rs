@@ -58,6 +58,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             }),
         )
         .route("/v1/agent/check/update/{id}", put(check_update))
+        .route("/v1/agent/checks/update", put(checks_update))
         .route("/v1/agent/health/service/id/{id}", get(health_by_id))
         .route("/v1/agent/health/service/name/{name}", get(health_by_name))
         .route("/v1/agent/metrics", get(metrics))
@@ -356,6 +357,44 @@ async fn check_update(
         )));
     }
     ttl_update(&a, &acl, &id, &u.status, u.output).await
+}
+
+/// `PUT /v1/agent/checks/update`: every check of the body is checked (ACL, existence, TTL
+/// type, status) before any changes, so a bad entry changes nothing; one catalog sync follows.
+async fn checks_update(
+    State(a): State<Arc<Agent>>,
+    axum::Extension(acl): Id,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let updates: Vec<berth_api::agent::CheckStatusUpdate> = decode_body(&body)?;
+    for u in &updates {
+        if ![PASSING, WARNING, CRITICAL].contains(&u.status.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid check status: \"{}\" (CheckID \"{}\")",
+                u.status, u.check_id
+            )));
+        }
+        match check_service_name(&a, &u.check_id) {
+            Some(name) => check_owner_write(&a, &acl, &name)?,
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "Unknown check ID \"{}\"",
+                    u.check_id
+                )));
+            }
+        }
+    }
+    let changed = a.state().update_ttls(
+        updates
+            .into_iter()
+            .map(|u| (u.check_id, u.status, u.output))
+            .collect(),
+    )?;
+    if changed {
+        Ok(commit(&a).await)
+    } else {
+        Ok(StatusCode::OK.into_response())
+    }
 }
 
 /// Consul's aggregate: maintenance beats critical beats warning beats passing.

@@ -786,6 +786,32 @@ impl LocalState {
         Ok(c.set_status(status, output))
     }
 
+    /// Several TTL updates at once: all are validated before the first is applied.
+    pub fn update_ttls(
+        &mut self,
+        updates: Vec<(String, String, String)>,
+    ) -> Result<bool, RegisterError> {
+        for (id, status, _) in &updates {
+            let c = self
+                .checks
+                .get(id)
+                .ok_or_else(|| RegisterError::NotFound(format!("Unknown check ID \"{id}\"")))?;
+            if !matches!(c.spec.kind, CheckKind::Ttl(_)) {
+                return Err(invalid(format!(
+                    "CheckID \"{id}\" does not have associated TTL"
+                )));
+            }
+            if ![PASSING, WARNING, CRITICAL].contains(&status.as_str()) {
+                return Err(invalid(format!("Invalid check status: \"{status}\"")));
+            }
+        }
+        let mut changed = false;
+        for (id, status, output) in updates {
+            changed |= self.update_ttl(&id, &status, output)?;
+        }
+        Ok(changed)
+    }
+
     /// A runner's result, passed through the check's success/failure thresholds. Returns
     /// whether the visible status or output changed.
     pub fn report(&mut self, id: &str, runner_id: u64, status: &str, output: String) -> bool {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::catalog::{Locality, ServiceAddress, Weights};
@@ -129,6 +129,17 @@ pub struct CheckRegistration {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
 pub struct CheckUpdate {
+    pub status: String,
+    pub output: String,
+}
+
+/// One entry of `PUT /v1/agent/checks/update` (Berth's own): many TTL checks in one request,
+/// applied together or not at all, and synced to the catalog once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
+pub struct CheckStatusUpdate {
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
     pub status: String,
     pub output: String,
 }

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod duration;
 pub mod filter;
 pub mod iam;
+pub mod secret_file;
 pub mod types;
 
 pub use duration::{format_duration, parse_duration};

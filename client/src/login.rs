@@ -4,8 +4,6 @@
 //! Neither the bearer token nor the SecretID is ever printed.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -131,41 +129,10 @@ fn bearer_source(a: &LoginArgs) -> Result<Bearer<'_>, Usage> {
     }
 }
 
-/// Writes `secret` to `path` with mode 0600: to a new file beside it, then renamed over it, so
-/// that readers see the old content or the new, and never a file open to others.
+/// Writes `secret` to `path` with mode 0600, atomically.
 pub fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("-token-sink-file {} names no file", path.display()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{nanos}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask may only take bits away; make sure of exactly 0600.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(secret.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("cannot write the token to {}: {e}", path.display())
-    })
+    berth_api::secret_file::write_secret_file(path, secret)
+        .map_err(|e| anyhow::anyhow!("cannot write the token to {}: {e}", path.display()))
 }
 
 /// Replaces every occurrence of the secrets in `text`.
@@ -229,6 +196,7 @@ pub async fn logout(a: LogoutArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn meta_is_key_equals_value() {

@@ -8,6 +8,7 @@
 
 mod acl;
 mod catalog;
+mod ecs;
 mod http;
 mod leaf;
 mod proxy;
@@ -30,6 +31,10 @@ pub use settings::AgentArgs;
 use settings::Settings;
 
 const STATE_FILE: &str = "local-state.json";
+
+/// The longest an agent in a task waits for its services to be deregistered after SIGTERM;
+/// ECS kills it at the task's stopTimeout anyway.
+const ECS_STOP_GRACE: Duration = Duration::from_secs(120);
 
 /// The local state an earlier run left, if any.
 fn load_state(dir: &std::path::Path) -> anyhow::Result<Option<berth_agent::Persisted>> {
@@ -106,7 +111,7 @@ fn tls(a: &Settings) -> anyhow::Result<berth_server::rpc::TlsClient> {
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "warn,berth={level},berth_client={level},berth_agent={level},berth_xds={level}"
+        "warn,aws_runtime=error,berth={level},berth_client={level},berth_agent={level},berth_xds={level},berth_ecs={level}"
     ))
     .with_context(|| format!("bad -log-level {level:?}"))?;
     tracing_subscriber::fmt()
@@ -116,35 +121,13 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The task's IP from an ECS task metadata (v4) `/task` document: the first IPv4 address of
-/// the first container network (awsvpc gives every container the task's ENI address).
-pub fn task_ip_of(task: &serde_json::Value) -> Option<IpAddr> {
-    task.get("Containers")?
-        .as_array()?
-        .iter()
-        .filter_map(|c| c.get("Networks")?.as_array())
-        .flatten()
-        .filter_map(|n| n.get("IPv4Addresses")?.as_array()?.first()?.as_str())
-        .find_map(|a| a.parse().ok())
-}
-
+/// The task IP from ECS task metadata, for an agent in a task without BERTH_ECS_CONFIG_JSON.
 async fn task_ip(metadata_uri: &str) -> Option<IpAddr> {
-    let url = format!("{}/task", metadata_uri.trim_end_matches('/'));
-    let got = async {
-        let r = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-        task_ip_of(&v).ok_or_else(|| "no IPv4 address in the task's networks".to_string())
-    }
-    .await;
-    match got {
-        Ok(ip) => Some(ip),
+    let meta = berth_ecs::metadata::MetadataClient::new(metadata_uri.trim_end_matches('/'));
+    match meta.task().await {
+        Ok(t) => t.task_ip().map(IpAddr::V4),
         Err(e) => {
-            tracing::warn!(url = %url, error = %e, "cannot read the task IP from ECS task metadata");
+            tracing::warn!(error = %e, "cannot read the task IP from ECS task metadata");
             None
         }
     }
@@ -160,19 +143,29 @@ fn watch_roots(
 }
 
 /// Flags, then the config files they (or the environment) name, then the environment.
-fn settings(args: &AgentArgs) -> anyhow::Result<Settings> {
+/// Flags, then the config files they (or the environment) name, then the environment, then
+/// what the ECS task implies.
+fn settings(args: &AgentArgs, ecs: Option<&ecs::EcsTask>) -> anyhow::Result<Settings> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let mut files = Vec::new();
     for f in settings::config_files(args, &env) {
         files.push(berth_api::config::load_file(&f).map_err(|e| anyhow::anyhow!("{e}"))?);
     }
-    settings::resolve(args, files, settings::from_env(&env)).map_err(anyhow::Error::msg)
+    let base = ecs.map(ecs::layer).unwrap_or_default();
+    settings::resolve(args, files, base.over(settings::from_env(&env))).map_err(anyhow::Error::msg)
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let a = settings(&args)?;
+    let ecs = ecs::detect(&|k| std::env::var(k).ok().filter(|v| !v.is_empty())).await?;
+    let a = settings(&args, ecs.as_ref())?;
     init_logging(&a.log_level)?;
-    let token = agent_token(&a)?;
+    let mut token = agent_token(&a)?;
+    if let Some(t) = &ecs
+        && token.is_none()
+        && t.cfg.login.enabled
+    {
+        token = Some(ecs::login(t).await?);
+    }
     // Ports first: a port in use is an error now, not after the servers answer.
     let http_listener = tokio::net::TcpListener::bind(a.http_addr)
         .await
@@ -284,11 +277,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
+    let stopping = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        // In a task, health-sync takes the services out of the mesh after ECS sends
+        // SIGTERM to every container at once; it needs this agent until then.
+        if ecs.is_some() {
+            tracing::info!("stopping once the task's services are deregistered");
+            let deadline = tokio::time::Instant::now() + ECS_STOP_GRACE;
+            while !agent.state().services.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     tokio::select! {
         r = api => r.context("agent API stopped")?,
         r = xds => r.context("xDS server stopped")?,
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+        _ = stopping => {},
     }
     tracing::info!("berth agent stopping");
     agent.stop();
@@ -358,22 +365,5 @@ async fn reconcile_loop(
             proxies.reconcile(defs);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn the_task_ip_comes_from_the_first_container_network() {
-        let task = json!({"Containers": [
-            {"Name": "berth-agent", "Networks": [{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.3.7"]}]},
-            {"Name": "app", "Networks": [{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.3.7"]}]}
-        ]});
-        assert_eq!(task_ip_of(&task), Some(IpAddr::from([10, 0, 3, 7])));
-        assert_eq!(task_ip_of(&json!({"Containers": [{"Networks": []}]})), None);
-        assert_eq!(task_ip_of(&json!({})), None);
     }
 }

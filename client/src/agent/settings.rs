@@ -80,7 +80,7 @@ pub struct Layer {
 }
 
 impl Layer {
-    fn over(self, top: Layer) -> Layer {
+    pub fn over(self, top: Layer) -> Layer {
         Layer {
             retry_join: top.retry_join.or(self.retry_join),
             http_addr: top.http_addr.or(self.http_addr),

@@ -1,0 +1,92 @@
+//! The servers' HTTP API, with the controller's token.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach the Berth server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{method} {path}: the server answered {status}: {message}")]
+    Status {
+        method: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
+}
+
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, token: Option<String>) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), ApiError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let unreachable = |e: reqwest::Error| ApiError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let r = req.send().await.map_err(unreachable)?;
+        let status = r.status().as_u16();
+        Ok((status, r.text().await.map_err(unreachable)?))
+    }
+
+    fn status(method: &str, path: &str, status: u16, text: &str) -> ApiError {
+        ApiError::Status {
+            method: method.into(),
+            path: path.into(),
+            status,
+            message: text.trim().chars().take(300).collect(),
+        }
+    }
+
+    /// A read where 404 (or a `null` body) means "absent".
+    pub async fn get_opt(&self, path: &str) -> Result<Option<Value>, ApiError> {
+        let (status, text) = self.call(reqwest::Method::GET, path, None).await?;
+        match status {
+            404 => Ok(None),
+            200..=299 => match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Null) => Ok(None),
+                Ok(v) => Ok(Some(v)),
+                Err(e) => Err(Self::status("GET", path, status, &format!("not JSON: {e}"))),
+            },
+            _ => Err(Self::status("GET", path, status, &text)),
+        }
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        let (status, text) = self.call(reqwest::Method::PUT, path, Some(body)).await?;
+        if !(200..300).contains(&status) {
+            return Err(Self::status("PUT", path, status, &text));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
