@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HealthStatus,
-    Http2ProtocolOptions, SocketAddress, TransportSocket, address, config_source, data_source,
-    socket_address, transport_socket,
+    Http2ProtocolOptions, SocketAddress, TrafficDirection, TransportSocket, address, config_source,
+    data_source, socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -262,6 +262,9 @@ fn public_listener(s: &ProxySnapshot) -> Listener {
     Listener {
         name: public_listener_name(s.public_listener),
         address: Some(socket(s.public_listener)),
+        // The proxy's entrypoint drains inbound listeners only when its task stops
+        // (`/drain_listeners?inboundonly`): upstream calls of the app keep working meanwhile.
+        traffic_direction: TrafficDirection::Inbound as i32,
         filter_chains: vec![FilterChain {
             filters,
             transport_socket: Some(TransportSocket {
@@ -289,6 +292,7 @@ fn outbound_listener(u: &Upstream, trust_domain: &str) -> Listener {
     Listener {
         name: outbound_listener_name(u),
         address: Some(socket(u.local_bind)),
+        traffic_direction: TrafficDirection::Outbound as i32,
         filter_chains: vec![FilterChain {
             filters,
             ..Default::default()
