@@ -205,22 +205,6 @@ pub fn login_request(
     if let Some(v) = &opts.server_id_header_value {
         extra.push((SERVER_ID_HEADER.to_string(), v.clone()));
     }
-    // Servers accept a signature once, and a signature covers X-Amz-Date only to the
-    // second: two containers of one task logging in with the same role in the same second
-    // would sign identical requests. A signed User-Agent naming the process and the instant
-    // keeps every login's signature its own.
-    let nanos = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    extra.push((
-        "User-Agent".to_string(),
-        format!(
-            "berth/{} (login {}.{nanos})",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id()
-        ),
-    ));
     if let Some((is_role, name)) = entity {
         let iam_url = opts
             .iam_endpoint

@@ -12,6 +12,11 @@ pub struct AclServer {
 
 impl AclServer {
     pub async fn start(dir: &Path) -> AclServer {
+        AclServer::start_bound(dir, "127.0.0.1", &[]).await
+    }
+
+    /// Listening on `bind`, with `extra` flags (e.g. `-advertise`).
+    pub async fn start_bound(dir: &Path, bind: &str, extra: &[&str]) -> AclServer {
         let root = uuid::Uuid::new_v4().to_string();
         let conf = dir.join("acl.hcl");
         std::fs::write(
@@ -29,7 +34,9 @@ impl AclServer {
             "-config-file".to_string(),
             conf.display().to_string(),
         ];
-        let server = Server::start(dir, "acl", free_port(), free_port(), &args);
+        let mut args = args;
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let server = Server::start_bound(dir, "acl", bind, free_port(), free_port(), &args);
         server.wait_ready(Duration::from_secs(10)).await;
         let a = AclServer { server, root };
         eventually(Duration::from_secs(10), "the management token", || async {

@@ -3,6 +3,8 @@
 
 pub mod acl_server;
 pub mod cli;
+pub mod ecs_local;
+pub mod lifecycle;
 pub mod mesh;
 pub mod moto;
 
@@ -19,11 +21,14 @@ use serde_json::Value;
 /// A binary of this workspace, built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; the harness's own binaries
+    // (the demo, the benchmarks) live in target/<profile> itself.
+    let parent = exe.parent().expect("the binary has a directory");
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().expect("target/<profile>/deps has a parent")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -109,14 +114,27 @@ impl Server {
         rpc_port: u16,
         extra: &[String],
     ) -> Server {
+        Server::start_bound(dir, name, "127.0.0.1", http_port, rpc_port, extra)
+    }
+
+    /// As `start`, listening on `bind` (e.g. `0.0.0.0` for tasks in network namespaces;
+    /// `url()` still uses loopback).
+    pub fn start_bound(
+        dir: &Path,
+        name: &str,
+        bind: &str,
+        http_port: u16,
+        rpc_port: u16,
+        extra: &[String],
+    ) -> Server {
         let data_dir = dir.join(name);
         let mut args = vec![
             "-node".to_string(),
             name.to_string(),
             "-http-addr".to_string(),
-            format!("127.0.0.1:{http_port}"),
+            format!("{bind}:{http_port}"),
             "-rpc-addr".to_string(),
-            format!("127.0.0.1:{rpc_port}"),
+            format!("{bind}:{rpc_port}"),
         ];
         if !extra.iter().any(|a| a == "-dev") {
             args.push("-data-dir".to_string());

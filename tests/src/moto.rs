@@ -38,9 +38,15 @@ impl Moto {
     /// Starts moto on a free loopback port with signature checks from the fourth call on, and
     /// runs the IAM setup.
     pub async fn start() -> Moto {
+        Moto::start_with("127.0.0.1", "tests/moto/setup_iam.py", &[]).await
+    }
+
+    /// Moto listening on `host` (`0.0.0.0` for tasks in network namespaces), prepared by
+    /// `script` (a path from the repository root) with `script_args`.
+    pub async fn start_with(host: &str, script: &str, script_args: &[&str]) -> Moto {
         let port = crate::free_port();
         let child = Command::new(venv_bin("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", host, "-p", &port.to_string()])
             .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -65,16 +71,17 @@ impl Moto {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let out = Command::new(venv_bin("python"))
-            .arg(repo_root().join("tests/moto/setup_iam.py"))
+            .arg(repo_root().join(script))
             .arg(m.url())
+            .args(script_args)
             .output()
-            .expect("run setup_iam.py");
+            .expect("run the moto setup script");
         assert!(
             out.status.success(),
-            "setup_iam.py failed: {}",
+            "{script} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        m.creds = serde_json::from_slice(&out.stdout).expect("setup_iam.py prints JSON");
+        m.creds = serde_json::from_slice(&out.stdout).expect("the moto setup script prints JSON");
         m
     }
 

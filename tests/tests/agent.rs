@@ -698,3 +698,70 @@ async fn a_followers_agent_syncs_through_the_leader_and_a_dead_servers_services_
         .unwrap();
     assert_eq!(serf["Status"], "critical");
 }
+
+/// `PUT /v1/agent/checks/update` changes several TTL checks in one request, or none of them
+/// when one entry is bad.
+#[tokio::test]
+async fn checks_update_applies_all_entries_or_none() {
+    let (_d, s) = dev().await;
+    let r = put(
+        &s,
+        "/v1/agent/service/register",
+        json!({"Name": "web", "ID": "web-1", "Checks": [
+            {"CheckID": "web-1-app", "Name": "app", "TTL": "87600h", "Status": "critical"},
+            {"CheckID": "web-1-side", "Name": "side", "TTL": "87600h", "Status": "critical"}
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        catalog_status(&s, "web", "web-1-app").await.as_deref(),
+        Some("critical")
+    );
+
+    let r = put(
+        &s,
+        "/v1/agent/checks/update",
+        json!([
+            {"CheckID": "web-1-app", "Status": "passing", "Output": "HEALTHY"},
+            {"CheckID": "web-1-side", "Status": "warning", "Output": "UNKNOWN"}
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The answer comes once the catalog carries the change.
+    assert_eq!(
+        catalog_status(&s, "web", "web-1-app").await.as_deref(),
+        Some("passing")
+    );
+    assert_eq!(
+        catalog_status(&s, "web", "web-1-side").await.as_deref(),
+        Some("warning")
+    );
+
+    for (body, code, text) in [
+        (
+            json!([{"CheckID": "web-1-app", "Status": "critical"}, {"CheckID": "ghost", "Status": "passing"}]),
+            404,
+            "Unknown check ID \"ghost\"",
+        ),
+        (
+            json!([{"CheckID": "web-1-app", "Status": "critical"}, {"CheckID": "web-1-side", "Status": "sleepy"}]),
+            400,
+            "Invalid check status",
+        ),
+        (
+            json!({"CheckID": "web-1-app"}),
+            400,
+            "Request decode failed",
+        ),
+    ] {
+        let r = put(&s, "/v1/agent/checks/update", body).await;
+        assert_eq!(r.status, code, "{}", r.text());
+        assert!(r.text().contains(text), "{}", r.text());
+    }
+    // Nothing of the refused requests was applied.
+    let checks = get_json(&s.url("/v1/agent/checks")).await;
+    assert_eq!(checks["web-1-app"]["Status"], "passing");
+    assert_eq!(checks["web-1-side"]["Status"], "warning");
+}

@@ -1,0 +1,77 @@
+"""Prepares a moto server (started with INITIAL_NO_AUTH_ACTION_COUNT=3) for the task
+lifecycle suites and the demo, and prints what they need as one JSON object.
+
+The first three calls make an administrator with an access key; everything after is signed
+with it, so moto checks SigV4 from then on. Each service gets a task role at /berth/ tagged
+berth.service-name=<service> that the administrator (standing in for ECS) may assume and that
+may read itself (iam:GetRole), as Consul on ECS requires. A VPC, subnet and security group are
+made because moto's RunTask for awsvpc tasks needs them.
+"""
+import json
+import sys
+
+import boto3
+
+endpoint = sys.argv[1]
+services = sys.argv[2:] or ["web", "api"]
+ACCOUNT = "123456789012"
+
+
+def client(service, creds=None):
+    kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    if creds:
+        kw.update(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"])
+    else:
+        kw.update(aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    return boto3.client(service, **kw)
+
+
+iam0 = client("iam")
+iam0.create_user(UserName="admin")
+iam0.put_user_policy(
+    UserName="admin",
+    PolicyName="all",
+    PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+)
+key = iam0.create_access_key(UserName="admin")["AccessKey"]
+admin = {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
+
+iam = client("iam", admin)
+trust = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/admin"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+)
+roles = {}
+# `rogue` is a task role outside /berth/: its logins must be refused.
+for name, path in [(s, "/berth/") for s in services] + [("rogue", "/other/")]:
+    role = iam.create_role(
+        RoleName=f"{name}-task",
+        Path=path,
+        AssumeRolePolicyDocument=trust,
+        Tags=[{"Key": "berth.service-name", "Value": name}],
+    )["Role"]
+    iam.put_role_policy(
+        RoleName=f"{name}-task",
+        PolicyName="self",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": ["iam:GetRole"], "Resource": role["Arn"]},
+                    {"Effect": "Allow", "Action": ["sts:GetCallerIdentity"], "Resource": "*"},
+                ],
+            }
+        ),
+    )
+    roles[name] = role["Arn"]
+
+ec2 = client("ec2", admin)
+vpc = ec2.create_vpc(CidrBlock="10.200.0.0/16")["Vpc"]["VpcId"]
+ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.200.1.0/24")["Subnet"]["SubnetId"]
+sg = ec2.create_security_group(GroupName="berth-tasks", Description="berth tasks", VpcId=vpc)["GroupId"]
+print(json.dumps({"admin": admin, "roles": roles, "subnet": subnet, "security_group": sg}))
