@@ -10,41 +10,20 @@ made because moto's RunTask for awsvpc tasks needs them.
 import json
 import sys
 
-import boto3
+from moto_common import admin_trust, client as _client, make_admin
 
 endpoint = sys.argv[1]
 services = sys.argv[2:] or ["web", "api"]
-ACCOUNT = "123456789012"
 
 
 def client(service, creds=None):
-    kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
-    if creds:
-        kw.update(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"])
-    else:
-        kw.update(aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
-    return boto3.client(service, **kw)
+    return _client(endpoint, service, creds)
 
 
-iam0 = client("iam")
-iam0.create_user(UserName="admin")
-iam0.put_user_policy(
-    UserName="admin",
-    PolicyName="all",
-    PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
-)
-key = iam0.create_access_key(UserName="admin")["AccessKey"]
-admin = {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
+admin = make_admin(endpoint)
 
 iam = client("iam", admin)
-trust = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/admin"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-)
+trust = admin_trust()
 roles = {}
 # `rogue` is a task role outside /berth/: its logins must be refused.
 for name, path in [(s, "/berth/") for s in services] + [("rogue", "/other/")]:

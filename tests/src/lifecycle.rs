@@ -249,19 +249,3 @@ pub fn task_ip(describe: &Value) -> String {
 pub fn task_id(arn: &str) -> String {
     arn.rsplit('/').next().unwrap_or(arn).to_string()
 }
-
-/// For tests that run a Berth binary with a task's environment by hand.
-pub fn example_env(def: &Value) -> Vec<(String, String)> {
-    def["containerDefinitions"][1]["environment"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap_or_default().to_string(),
-                e["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
