@@ -69,7 +69,15 @@ pub async fn validate(
     match method.kind.as_str() {
         "aws-iam" => {
             let cfg = aws_iam::Config::from_value(&method.config).map_err(LoginError::BadConfig)?;
-            aws_iam::validate(&cfg, bearer, seen, http, crate::acl::now_ms()).await
+            // A signature is good for one login per auth method. An ECS task's agent and its
+            // mesh-init log in with the same role at the same moment, and SigV4 covers the
+            // time only to the second, so they sign identical requests, one for each method.
+            let scope = |sig: &str| format!("{}\n{sig}", method.name);
+            let scoped_seen = |sig: &str| seen(&scope(sig));
+            let mut v =
+                aws_iam::validate(&cfg, bearer, &scoped_seen, http, crate::acl::now_ms()).await?;
+            v.replay_key = v.replay_key.map(|(sig, until)| (scope(&sig), until));
+            Ok(v)
         }
         "jwt" => {
             let cfg = jwt::Config::from_value(&method.config).map_err(LoginError::BadConfig)?;
