@@ -82,6 +82,23 @@ impl Api {
         }
     }
 
+    /// A read that must succeed.
+    pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
+        self.get_opt(path)
+            .await?
+            .ok_or_else(|| Self::status("GET", path, 404, "not found"))
+    }
+
+    /// A delete where 404 means someone else removed it first; whether it was there.
+    pub async fn delete(&self, path: &str) -> Result<bool, ApiError> {
+        let (status, text) = self.call(reqwest::Method::DELETE, path, None).await?;
+        match status {
+            404 => Ok(false),
+            200..=299 => Ok(true),
+            _ => Err(Self::status("DELETE", path, status, &text)),
+        }
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
         let (status, text) = self.call(reqwest::Method::PUT, path, Some(body)).await?;
         if !(200..300).contains(&status) {
@@ -89,4 +106,19 @@ impl Api {
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
+
+    /// A PUT whose 404 means "absent" (a session renew of a session that expired).
+    pub async fn put_opt(&self, path: &str, body: &Value) -> Result<Option<Value>, ApiError> {
+        let (status, text) = self.call(reqwest::Method::PUT, path, Some(body)).await?;
+        match status {
+            404 => Ok(None),
+            200..=299 => Ok(Some(serde_json::from_str(&text).unwrap_or(Value::Null))),
+            _ => Err(Self::status("PUT", path, status, &text)),
+        }
+    }
+}
+
+/// A path segment or query value, percent-encoded (cluster ARNs hold `:` and `/`).
+pub fn escape(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -13,7 +13,7 @@ pub mod api;
 pub mod checks;
 pub mod http_util;
 pub mod local;
-pub mod metrics;
+pub use berth_api::metrics;
 pub mod sync;
 
 use std::future::Future;

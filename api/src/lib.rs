@@ -10,6 +10,7 @@ pub mod connect;
 pub mod duration;
 pub mod filter;
 pub mod iam;
+pub mod metrics;
 pub mod secret_file;
 pub mod types;
 

@@ -3,6 +3,7 @@
 
 pub mod acl_server;
 pub mod cli;
+pub mod controller;
 pub mod ecs_local;
 pub mod lifecycle;
 pub mod mesh;

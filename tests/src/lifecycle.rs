@@ -20,8 +20,22 @@ pub struct Mesh {
     _dir: tempfile::TempDir,
 }
 
+/// The ECS cluster tasks are registered in, with [`Mesh::start_registered`].
+pub const CLUSTER: &str = "mesh";
+pub const CLUSTER_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:cluster/mesh";
+
 impl Mesh {
     pub async fn start() -> Mesh {
+        Mesh::start_with(false).await
+    }
+
+    /// Tasks are also registered with moto's ECS in cluster [`CLUSTER`] (as the ACL
+    /// controller needs), and moto's tasks stay in the status they are put in.
+    pub async fn start_registered() -> Mesh {
+        Mesh::start_with(true).await
+    }
+
+    async fn start_with(registered: bool) -> Mesh {
         let moto = Moto::start_with("0.0.0.0", "tests/moto/setup_mesh.py", &["web", "api"]).await;
         let mut env = moto.env_for("admin");
         env.retain(|(k, _)| k != "AWS_SESSION_TOKEN");
@@ -41,10 +55,38 @@ impl Mesh {
                 std::env::var("PATH").unwrap_or_default()
             ),
         ));
-        let ecs = EcsLocal::start(
-            &["--sts-endpoint", &moto.url(), "--region", "us-east-1"],
-            &env,
-        );
+        let url = moto.url();
+        let mut args = vec!["--sts-endpoint", url.as_str(), "--region", "us-east-1"];
+        let (subnet, sg);
+        if registered {
+            // moto advances a task one status per DescribeTasks unless told not to.
+            let r = http_client()
+                .post(format!(
+                    "{}/moto-api/state-manager/set-transition",
+                    moto.url()
+                ))
+                .json(&json!({"model_name": "ecs::task",
+                              "transition": {"progression": "manual", "times": 1_000_000}}))
+                .send()
+                .await
+                .expect("moto set-transition");
+            assert!(
+                r.status().is_success(),
+                "moto set-transition: {}",
+                r.status()
+            );
+            subnet = moto.creds["subnet"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            sg = moto.creds["security_group"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            args.extend(["--ecs-endpoint", url.as_str(), "--cluster", CLUSTER]);
+            args.extend(["--subnet", subnet.as_str(), "--security-group", sg.as_str()]);
+        }
+        let ecs = EcsLocal::start(&args, &env);
         let gateway = ecs.gateway();
         let dir = tempfile::tempdir().expect("tempdir");
         let acl = AclServer::start_bound(dir.path(), "0.0.0.0", &["-advertise", &gateway]).await;
@@ -139,6 +181,33 @@ impl Mesh {
         (arn, task_ip(&d))
     }
 
+    /// `kill -9` of every process of a task at once: nothing in it gets to log out or
+    /// deregister, as when a host dies.
+    pub fn kill_task(&self, task: &str) {
+        let d = self.ecs.describe(task);
+        let ip = task_ip(&d);
+        let host = ip.rsplit('.').next().unwrap_or_default();
+        let ns = format!(
+            "{}-{host}",
+            self.ecs.info["bridge"].as_str().unwrap_or_default()
+        );
+        let daemon = self.ecs.info["pid"].as_i64().unwrap_or(0) as i32;
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .expect("ip netns pids");
+        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| *p != daemon && *p > 1)
+            .collect();
+        assert!(!pids.is_empty(), "no process in {ns} for {task}");
+        for p in &pids {
+            // SAFETY: kill(2) on PIDs just read from the task's namespace.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+    }
+
     /// Every container's log of a task, for failure messages.
     pub fn task_logs(&self, task: &str) -> String {
         let out = self.ecs.cli(&["logs", task]);
@@ -152,7 +221,20 @@ impl Mesh {
         let mut v = Vec::new();
         for t in all.as_array().cloned().unwrap_or_default() {
             let id = t["AccessorID"].as_str().unwrap_or_default().to_string();
-            let full = self.acl.admin_get(&format!("/v1/acl/token/{id}")).await;
+            let r = self
+                .acl
+                .call(
+                    "GET",
+                    &format!("/v1/acl/token/{id}"),
+                    Some(&self.acl.root),
+                    None,
+                )
+                .await;
+            // Deleted since the list was read (a logout, the controller).
+            if r.status != 200 {
+                continue;
+            }
+            let full = r.json();
             if login_meta(&full)["berth/task-id"] == task_id {
                 v.push(full);
             }

@@ -49,6 +49,16 @@ pub fn layer(t: &EcsTask) -> Layer {
     }
 }
 
+/// The node's meta in a task: the ACL controller removes the nodes of tasks that are gone by
+/// it, as it removes their services (same keys as the services' meta).
+pub fn node_meta(t: &EcsTask) -> std::collections::BTreeMap<String, String> {
+    [
+        ("task-id".to_string(), t.task.task_id().to_string()),
+        ("cluster".to_string(), t.task.cluster_arn()),
+    ]
+    .into()
+}
+
 /// Logs in with the client auth method; the token is written to `bootstrapDir`.
 pub async fn login(t: &EcsTask) -> anyhow::Result<String> {
     let servers = berth_ecs::servers::ServersHttp::new(&t.cfg)?;
@@ -87,7 +97,11 @@ mod tests {
             "Containers": [{"Networks": [{"IPv4Addresses": ["10.1.2.3"]}]}]
         }))
         .unwrap();
-        let l = layer(&EcsTask { cfg, task });
+        let t = EcsTask { cfg, task };
+        let meta = node_meta(&t);
+        assert_eq!(meta["task-id"], "abc");
+        assert_eq!(meta["cluster"], "arn:aws:ecs:us-east-1:1:cluster/c");
+        let l = layer(&t);
         assert_eq!(l.retry_join.unwrap(), ["10.0.0.9:8300", "10.0.0.10:9300"]);
         assert_eq!(l.advertise_addr.as_deref(), Some("10.1.2.3"));
         assert_eq!(l.node_name.as_deref(), Some("abc"));

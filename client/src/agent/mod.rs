@@ -234,6 +234,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         node: node_name.clone(),
         address: advertise.to_string(),
         datacenter: a.datacenter.clone(),
+        meta: ecs.as_ref().map(ecs::node_meta).unwrap_or_default(),
         ..Default::default()
     });
     // The leader owns the node's serfHealth, from this agent's heartbeats.
