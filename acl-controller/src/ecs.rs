@@ -1,11 +1,14 @@
-//! What ECS says is alive in the cluster: ListTasks (every page, desired RUNNING and
-//! STOPPED) then DescribeTasks in batches of 100 with tags.
+//! Which of the tasks the servers know of are alive, by ECS: ListTasks of the tasks meant to
+//! run (every page), then DescribeTasks (batches of 100, tags included) of only the tasks
+//! the servers name that the list left out. Those are stopping, stopped, or gone so long
+//! that ECS forgot them; only the last two count as gone. Steady state makes no
+//! DescribeTasks call at all, and no reconcile makes more than ceil(tasks/100).
 //!
-//! Tasks that are stopping (desired STOPPED, last status not yet STOPPED) count as alive:
-//! they are still draining and logging out by themselves, and deleting their tokens then
-//! would cut their proxy off mid-drain.
+//! Stopping tasks (desired STOPPED, last status not yet STOPPED) count as alive: they are
+//! draining and log out by themselves, and deleting their tokens then would cut their proxy
+//! off mid-drain.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -37,16 +40,18 @@ impl EcsError {
     }
 }
 
-/// The cluster's tasks as ECS described them.
+/// What ECS said about the tasks asked after.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// IDs of tasks that are not STOPPED.
+    /// IDs of tasks meant to run (ListTasks), and of those described as not yet STOPPED.
     pub alive: HashSet<String>,
-    /// Tasks listed (either desired status).
+    /// Why each described task that is not alive is gone.
+    pub gone: HashMap<String, String>,
+    /// Tasks ListTasks returned.
     pub listed: usize,
+    /// Tasks described, and the calls that took.
+    pub described: usize,
     pub describe_calls: usize,
-    /// Alive tasks tagged `berth/mesh=true` (the mesh-task module's tag).
-    pub mesh_tasks: usize,
 }
 
 pub struct Ecs {
@@ -84,11 +89,11 @@ impl Ecs {
         }
     }
 
-    async fn list(&self, cluster: &str, desired: DesiredStatus) -> Result<Vec<String>, EcsError> {
+    async fn list_running(&self, cluster: &str) -> Result<Vec<String>, EcsError> {
         self.client
             .list_tasks()
             .cluster(cluster)
-            .desired_status(desired)
+            .desired_status(DesiredStatus::Running)
             .max_results(100)
             .into_paginator()
             .items()
@@ -101,29 +106,38 @@ impl Ecs {
             })
     }
 
-    pub async fn snapshot(&self, cluster: &str) -> Result<Snapshot, EcsError> {
-        let mut arns: BTreeSet<String> = BTreeSet::new();
-        arns.extend(self.list(cluster, DesiredStatus::Running).await?);
-        arns.extend(self.list(cluster, DesiredStatus::Stopped).await?);
-        let arns: Vec<String> = arns.into_iter().collect();
+    /// Which of `referenced` (task IDs the servers hold something for) are alive.
+    pub async fn snapshot(
+        &self,
+        cluster_arn: &str,
+        referenced: &BTreeSet<String>,
+    ) -> Result<Snapshot, EcsError> {
+        let running = self.list_running(cluster_arn).await?;
+        let mut snap = Snapshot {
+            listed: running.len(),
+            alive: running.iter().map(|a| task_id(a).to_string()).collect(),
+            ..Snapshot::default()
+        };
+        let ask: Vec<String> = referenced
+            .iter()
+            .filter(|id| !snap.alive.contains(*id))
+            .map(|id| task_arn(cluster_arn, id))
+            .collect();
         let calls = AtomicUsize::new(0);
-        let batches: Vec<Described> = futures::stream::iter(arns.chunks(DESCRIBE_BATCH))
+        let batches: Vec<Described> = futures::stream::iter(ask.chunks(DESCRIBE_BATCH))
             .map(|batch| {
                 calls.fetch_add(1, Ordering::Relaxed);
-                self.describe(cluster, batch)
+                self.describe(cluster_arn, batch)
             })
             .buffer_unordered(DESCRIBE_CONCURRENCY)
             .try_collect()
             .await?;
-        let mut snap = Snapshot {
-            listed: arns.len(),
-            describe_calls: calls.into_inner(),
-            ..Snapshot::default()
-        };
+        snap.described = ask.len();
+        snap.describe_calls = calls.into_inner();
         let mut failures = Vec::new();
         for b in batches {
-            snap.mesh_tasks += b.mesh;
             snap.alive.extend(b.alive);
+            snap.gone.extend(b.gone);
             failures.extend(b.failures);
         }
         if !failures.is_empty() {
@@ -150,21 +164,26 @@ impl Ecs {
             })?;
         let mut d = Described::default();
         for t in out.tasks() {
-            if !is_alive(t.last_status()) {
+            let Some(arn) = t.task_arn() else { continue };
+            let id = task_id(arn).to_string();
+            if is_alive(t.last_status()) {
+                d.alive.push(id);
                 continue;
             }
-            let Some(arn) = t.task_arn() else { continue };
-            d.alive.push(task_id(arn).to_string());
-            if t.tags()
+            let service = t
+                .tags()
                 .iter()
-                .any(|g| g.key() == Some("berth/mesh") && g.value() == Some("true"))
-            {
-                d.mesh += 1;
-            }
+                .find(|g| g.key() == Some("berth/service-name"))
+                .and_then(|g| g.value())
+                .map(|s| format!(" (service {s})"))
+                .unwrap_or_default();
+            let why = t.stopped_reason().unwrap_or("no reason given");
+            d.gone
+                .insert(id.clone(), format!("task {id}{service} STOPPED: {why}"));
         }
         for f in out.failures() {
-            // A task that aged out between the list and the describe is simply gone; any
-            // other failure leaves us not knowing, and not knowing must not delete.
+            // MISSING: ECS forgot the task (it stopped long ago), so it is gone. Any other
+            // failure leaves us not knowing, and not knowing must not delete.
             if f.reason() != Some("MISSING") {
                 d.failures.push(format!(
                     "{}: {}",
@@ -177,10 +196,18 @@ impl Ecs {
     }
 }
 
+/// A task's ARN from its cluster's ARN and its ID (`...:cluster/NAME` → `...:task/NAME/ID`).
+pub fn task_arn(cluster_arn: &str, id: &str) -> String {
+    match cluster_arn.split_once(":cluster/") {
+        Some((head, name)) => format!("{head}:task/{name}/{id}"),
+        None => id.to_string(),
+    }
+}
+
 #[derive(Default)]
 struct Described {
     alive: Vec<String>,
-    mesh: usize,
+    gone: HashMap<String, String>,
     failures: Vec<String>,
 }
 
@@ -211,5 +238,9 @@ mod tests {
             "0f3c"
         );
         assert_eq!(task_id("0f3c"), "0f3c");
+        assert_eq!(
+            task_arn("arn:aws:ecs:us-east-1:123456789012:cluster/mesh", "0f3c"),
+            "arn:aws:ecs:us-east-1:123456789012:task/mesh/0f3c"
+        );
     }
 }

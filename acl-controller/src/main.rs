@@ -219,8 +219,8 @@ fn log_report(r: &Result<reconcile::Report, reconcile::ReconcileError>) {
     match r {
         Ok(r) => tracing::info!(
             tasks_listed = r.tasks_listed,
-            tasks_alive = r.tasks_alive,
-            mesh_tasks = r.mesh_tasks,
+            tasks_referenced = r.tasks_referenced,
+            tasks_described = r.tasks_described,
             describe_calls = r.describe_calls,
             tokens_seen = r.tokens_seen,
             tokens_removed = r.tokens_removed,

@@ -11,7 +11,7 @@ use crate::reconcile::{ReconcileError, Report};
 #[derive(Default, Clone, Copy)]
 struct Last {
     duration_seconds: f64,
-    tasks_alive: f64,
+    tasks_referenced: f64,
     success_unix: f64,
 }
 
@@ -59,9 +59,9 @@ impl Metrics {
                     l.duration_seconds,
                 ),
                 (
-                    "berth.acl_controller.tasks_alive".into(),
+                    "berth.acl_controller.tasks_referenced".into(),
                     Vec::new(),
-                    l.tasks_alive,
+                    l.tasks_referenced,
                 ),
                 (
                     "berth.acl_controller.last_success_timestamp_seconds".into(),
@@ -94,7 +94,7 @@ impl Metrics {
                 self.registry.incr(NODES, rep.nodes_removed as u64);
                 let mut l = lock(&self.last);
                 l.duration_seconds = rep.total.as_secs_f64();
-                l.tasks_alive = rep.tasks_alive as f64;
+                l.tasks_referenced = rep.tasks_referenced as f64;
                 l.success_unix = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs_f64())
@@ -164,7 +164,7 @@ mod tests {
             tokens_removed: 3,
             services_removed: 2,
             nodes_removed: 1,
-            tasks_alive: 7,
+            tasks_referenced: 7,
             total: std::time::Duration::from_millis(250),
             ..Report::default()
         }));
@@ -184,7 +184,7 @@ mod tests {
             "berth_acl_controller_reconcile_duration_ms_sum 250",
             "berth_acl_controller_reconcile_duration_ms_count 1",
             "berth_acl_controller_last_reconcile_seconds 0.25",
-            "berth_acl_controller_tasks_alive 7",
+            "berth_acl_controller_tasks_referenced 7",
         ] {
             assert!(t.contains(line), "{line} in\n{t}");
         }

@@ -6,7 +6,7 @@
 //! listing belongs to a task that had already stopped; read the other way round, a task that
 //! started in between would lose its fresh tokens.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -83,6 +83,39 @@ pub struct Plan {
     pub nodes: Vec<NodeRemoval>,
 }
 
+/// The IDs of this cluster's tasks that the servers hold something for: the tasks to ask
+/// ECS about.
+pub fn referenced(
+    cluster_arn: &str,
+    tokens: &[TokenRow],
+    instances: &[InstanceRow],
+    nodes: &[NodeRow],
+) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut take = |cluster: Option<&String>, task: Option<&String>| {
+        if let Some(t) = task.filter(|t| !t.is_empty())
+            && cluster.map(String::as_str) == Some(cluster_arn)
+        {
+            ids.insert(t.clone());
+        }
+    };
+    for t in tokens {
+        if let Some(m) = login_meta(t) {
+            take(
+                m.get(berth_ecs::META_CLUSTER),
+                m.get(berth_ecs::META_TASK_ID),
+            );
+        }
+    }
+    for i in instances {
+        take(i.service_meta.get("cluster"), i.service_meta.get("task-id"));
+    }
+    for n in nodes {
+        take(n.meta.get("cluster"), n.meta.get("task-id"));
+    }
+    ids
+}
+
 /// What to remove (pure): login tokens, service instances and nodes that name this cluster
 /// and a task that is not alive. Tokens without a login, or of another cluster, never.
 pub fn plan(
@@ -148,8 +181,8 @@ pub enum ReconcileError {
 #[derive(Debug, Default)]
 pub struct Report {
     pub tasks_listed: usize,
-    pub tasks_alive: usize,
-    pub mesh_tasks: usize,
+    pub tasks_referenced: usize,
+    pub tasks_described: usize,
     pub describe_calls: usize,
     pub tokens_seen: usize,
     pub tokens_removed: usize,
@@ -208,13 +241,19 @@ pub async fn once(
     )
     .await?;
     let read_servers = start.elapsed();
-    let snap = ecs.snapshot(cluster_arn).await?;
+    let asked = referenced(cluster_arn, &tokens, &instances, &nodes);
+    let snap = ecs.snapshot(cluster_arn, &asked).await?;
     let read_ecs = start.elapsed() - read_servers;
     let p = plan(cluster_arn, &snap.alive, &tokens, &instances, &nodes);
     if !leading() {
         return Err(ReconcileError::NotLeader);
     }
-    let why = |task: &str| format!("task {task} is not running in {cluster_arn}");
+    let why = |task: &str| {
+        snap.gone
+            .get(task)
+            .cloned()
+            .unwrap_or_else(|| format!("task {task} is not in {cluster_arn} any more"))
+    };
 
     let mut failed: Vec<ApiError> = Vec::new();
     let token_results = futures::stream::iter(&p.tokens)
@@ -290,8 +329,8 @@ pub async fn once(
         }
     }
     report.tasks_listed = snap.listed;
-    report.tasks_alive = snap.alive.len();
-    report.mesh_tasks = snap.mesh_tasks;
+    report.tasks_referenced = asked.len();
+    report.tasks_described = snap.described;
     report.describe_calls = snap.describe_calls;
     report.tokens_seen = tokens.len();
     report.read_servers = read_servers;
@@ -383,6 +422,11 @@ mod tests {
                 meta: BTreeMap::new(),
             },
         ];
+        let asked: Vec<String> = referenced(C, &tokens, &instances, &nodes)
+            .into_iter()
+            .collect();
+        // Tokens "d" (another cluster), "e" (by hand), "f"/"g" (no task) name no task here.
+        assert_eq!(asked, ["t1", "t2"]);
         let p = plan(C, &alive, &tokens, &instances, &nodes);
         let ids: Vec<&str> = p.tokens.iter().map(|t| t.accessor_id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);

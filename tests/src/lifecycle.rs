@@ -59,22 +59,7 @@ impl Mesh {
         let mut args = vec!["--sts-endpoint", url.as_str(), "--region", "us-east-1"];
         let (subnet, sg);
         if registered {
-            // moto advances a task one status per DescribeTasks unless told not to.
-            let r = http_client()
-                .post(format!(
-                    "{}/moto-api/state-manager/set-transition",
-                    moto.url()
-                ))
-                .json(&json!({"model_name": "ecs::task",
-                              "transition": {"progression": "manual", "times": 1_000_000}}))
-                .send()
-                .await
-                .expect("moto set-transition");
-            assert!(
-                r.status().is_success(),
-                "moto set-transition: {}",
-                r.status()
-            );
+            moto.pin_ecs_tasks().await;
             subnet = moto.creds["subnet"]
                 .as_str()
                 .unwrap_or_default()

@@ -85,6 +85,26 @@ impl Moto {
         m
     }
 
+    /// Keeps moto's ECS tasks in the status they are put in: otherwise each DescribeTasks
+    /// moves a task one status on, towards STOPPED.
+    pub async fn pin_ecs_tasks(&self) {
+        let r = crate::http_client()
+            .post(format!(
+                "{}/moto-api/state-manager/set-transition",
+                self.url()
+            ))
+            .json(&serde_json::json!({"model_name": "ecs::task",
+                          "transition": {"progression": "manual", "times": 1_000_000}}))
+            .send()
+            .await
+            .expect("moto set-transition");
+        assert!(
+            r.status().is_success(),
+            "moto set-transition: {}",
+            r.status()
+        );
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

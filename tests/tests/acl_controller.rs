@@ -448,7 +448,10 @@ async fn removes_what_stopped_tasks_left_and_nothing_else() {
     let log = c1.log_text();
     assert!(
         log.contains("deleted login token")
-            && log.contains(&format!("task {} is not running in {CLUSTER_ARN}", ids[0])),
+            && log.contains(&format!(
+                "reason=task {} (service api) STOPPED: Essential container in task exited",
+                ids[0]
+            )),
         "{log}"
     );
     assert!(log.contains("deregistered service") && log.contains("deregistered node"));
@@ -512,14 +515,9 @@ async fn removes_what_stopped_tasks_left_and_nothing_else() {
         "the third task's leftovers, removed by c2",
     )
     .await;
-    let removed = c2
-        .metric("berth_acl_controller_tokens_removed_total")
-        .await
-        .unwrap_or(0.0);
-    assert!(removed >= 2.0, "c2 removed {removed} tokens");
-    assert!(token_exists(&mesh, &other).await, "another cluster's login");
-    assert!(token_exists(&mesh, &by_hand).await, "a token made by hand");
     let scrape = c2.metrics().await.unwrap_or_default();
+    let removed = metric_in(&scrape, "berth_acl_controller_tokens_removed_total").unwrap_or(0.0);
+    assert!(removed >= 2.0, "c2 removed {removed} tokens");
     for m in [
         "berth_acl_controller_reconcile_duration_ms_sum",
         "berth_acl_controller_reconcile_duration_ms_count",
@@ -529,4 +527,27 @@ async fn removes_what_stopped_tasks_left_and_nothing_else() {
     ] {
         assert!(scrape.contains(m), "{m} in\n{scrape}");
     }
+    assert!(token_exists(&mesh, &other).await, "another cluster's login");
+    assert!(token_exists(&mesh, &by_hand).await, "a token made by hand");
+
+    // 4. A controller that is stopped (SIGTERM) lets the lock go at once.
+    let c3 = Controller::start("c3", dir.path(), &args, &env);
+    c3.wait_for("c3 to stand by", Duration::from_secs(30), |t| {
+        metric_in(t, ACTIVE) == Some(0.0)
+    })
+    .await;
+    let mut c2 = c2;
+    let stopping = Instant::now();
+    assert_eq!(c2.terminate(), Some(0), "{}", c2.log_text());
+    assert!(c2.log_text().contains("released the controller lock"));
+    c3.wait_for(
+        "c3 to take over from a stopped c2",
+        Duration::from_secs(10),
+        |t| metric_in(t, ACTIVE) == Some(1.0),
+    )
+    .await;
+    eprintln!(
+        "after SIGTERM to the active controller, the standby took over in {:?}",
+        stopping.elapsed()
+    );
 }
