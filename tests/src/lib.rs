@@ -8,6 +8,7 @@ pub mod ecs_local;
 pub mod lifecycle;
 pub mod mesh;
 pub mod moto;
+pub mod terraform;
 
 // The project's venv holds every third-party peer, not only moto.
 pub use moto::{repo_root, venv_bin};

@@ -129,22 +129,39 @@ impl Mesh {
             .await;
     }
 
-    /// An example task definition with this machine's addresses filled in.
-    pub fn task_definition(&self, service: &str) -> Value {
+    /// An example task definition (`examples/ecs/`) with this machine's addresses filled in.
+    pub fn example_task_definition(&self, service: &str) -> Value {
         let path = repo_root().join(format!("examples/ecs/{service}.json"));
         let text = std::fs::read_to_string(&path).expect("read the example task definition");
-        let role = self.moto.creds["roles"][service]
-            .as_str()
-            .unwrap_or_else(|| panic!("no role for {service}"))
-            .to_string();
         render(
             &text,
             &self.gateway,
             self.acl.server.http_port,
             self.acl.server.rpc_port,
             &self.aws_endpoint(),
-            &role,
+            &self.role(service),
         )
+    }
+
+    /// The task definition of `service` as the Terraform container-definitions module renders
+    /// it (its `web`/`api` fixture, with this machine's addresses), so that the module and
+    /// the binaries cannot drift apart.
+    pub fn task_definition(&self, service: &str) -> Value {
+        let mut vars = crate::terraform::fixture(service);
+        vars["server_hosts"] = json!([self.gateway]);
+        vars["http_port"] = json!(self.acl.server.http_port);
+        vars["rpc_port"] = json!(self.acl.server.rpc_port);
+        vars["login"]["sts_endpoint"] = json!(self.aws_endpoint());
+        vars["login"]["iam_endpoint"] = json!(self.aws_endpoint());
+        vars["task_role_arn"] = json!(self.role(service));
+        crate::terraform::render_task_definition(&vars)
+    }
+
+    fn role(&self, service: &str) -> String {
+        self.moto.creds["roles"][service]
+            .as_str()
+            .unwrap_or_else(|| panic!("no role for {service}"))
+            .to_string()
     }
 
     /// Runs a task and waits until its app container is RUNNING; its ARN and IP.

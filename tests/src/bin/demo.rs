@@ -48,10 +48,10 @@ async fn main() {
         "berth-acl-controller set up auth methods berth-ecs-service and berth-ecs-client; intention web -> api: allow",
     );
     step(start, "running task api (examples/ecs/api.json) ...");
-    let (api, api_ip) = mesh.run(&mesh.task_definition("api"));
+    let (api, api_ip) = mesh.run(&mesh.example_task_definition("api"));
     step(start, &format!("api task {api} is up at {api_ip}"));
     step(start, "running task web (examples/ecs/web.json) ...");
-    let (web, web_ip) = mesh.run(&mesh.task_definition("web"));
+    let (web, web_ip) = mesh.run(&mesh.example_task_definition("web"));
     step(start, &format!("web task {web} is up at {web_ip}"));
     let url = format!("http://{web_ip}:9090/");
     let body = mesh

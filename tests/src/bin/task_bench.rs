@@ -53,7 +53,7 @@ async fn main() {
     let mut ready = Vec::new();
     let mut app = Vec::new();
     for i in 0..runs {
-        let def = mesh.task_definition("api");
+        let def = mesh.example_task_definition("api");
         let t0 = SystemTime::now();
         let arn = mesh.ecs.run(&def);
         // Wait for the task's namespace, then probe Envoy inside it.

@@ -1,0 +1,270 @@
+//! The Terraform modules without AWS: every `.tf` file is formatted and parses; the
+//! provider-free container-definitions module is applied with fixtures and its output compared
+//! with expectations and with `examples/ecs/`; checkov finds no failed check.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_tests::lifecycle::render;
+use berth_tests::repo_root;
+use berth_tests::terraform::{
+    CONTAINER_DEFINITIONS, apply_container_definitions, fixture, normalized,
+    render_task_definition, terraform,
+};
+use serde_json::{Value, json};
+
+const FIXTURES: &[&str] = &["api", "web", "ec2", "no-upstreams", "acls-off"];
+
+fn tf_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if p.is_dir() && !name.starts_with('.') {
+            tf_files(&p, out);
+        } else if name.ends_with(".tf") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_tf_file_is_formatted_and_parses() {
+    let root = repo_root().join("terraform");
+    let fmt = terraform(&root, &["fmt", "-check", "-recursive", "-diff", "-no-color"]);
+    assert!(
+        fmt.status.success(),
+        "terraform fmt -check: {}{}",
+        String::from_utf8_lossy(&fmt.stdout),
+        String::from_utf8_lossy(&fmt.stderr)
+    );
+    let mut files = Vec::new();
+    tf_files(&root, &mut files);
+    assert!(files.len() >= 12, "only {} .tf files found", files.len());
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        if let Err(e) = hcl::parse(&text) {
+            panic!("{} does not parse: {e}", f.display());
+        }
+    }
+    // Every module documents itself and pins the AWS provider's major version.
+    for m in ["mesh-task", "acl-controller", "server-cluster"] {
+        let dir = root.join("modules").join(m);
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        let versions = std::fs::read_to_string(dir.join("versions.tf")).unwrap();
+        assert!(versions.contains("hashicorp/aws") && versions.contains("~> 5."), "{m}");
+        for v in variables(&dir) {
+            assert!(readme.contains(&format!("`{v}`")), "{m}/README.md lacks input `{v}`");
+        }
+    }
+}
+
+/// The names of the variables a module declares.
+fn variables(dir: &Path) -> Vec<String> {
+    let body: hcl::Body = hcl::from_str(&std::fs::read_to_string(dir.join("variables.tf")).unwrap())
+        .expect("variables.tf parses");
+    body.blocks()
+        .filter(|b| b.identifier() == "variable")
+        .filter_map(|b| b.labels().first().map(|l| l.as_str().to_string()))
+        .collect()
+}
+
+fn names(def: &Value) -> Vec<String> {
+    def["containerDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn container<'a>(def: &'a Value, name: &str) -> &'a Value {
+    def["containerDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn config(def: &Value) -> Value {
+    container(def, "berth-agent")["environment"][0]["value"].clone()
+}
+
+#[test]
+fn fixtures_render_as_expected() {
+    for name in FIXTURES {
+        let got = normalized(&render_task_definition(&fixture(name)));
+        let path = repo_root()
+            .join(CONTAINER_DEFINITIONS)
+            .join(format!("tests/expected/{name}.json"));
+        let want: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            normalized(&want),
+            "{name}: the rendered task definition differs from {}",
+            path.display()
+        );
+
+        // The rules, spelled out, so the expectations cannot drift with the module.
+        let apps: Vec<String> = fixture(name)["container_definitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        let mut order = vec![
+            "berth-agent".to_string(),
+            "berth-mesh-init".into(),
+            "berth-proxy".into(),
+            "berth-health-sync".into(),
+        ];
+        order.extend(apps.iter().cloned());
+        assert_eq!(names(&got), order, "{name}");
+        assert_eq!(got["networkMode"], "awsvpc");
+        assert_eq!(
+            container(&got, "berth-mesh-init")["dependsOn"],
+            json!([{"containerName": "berth-agent", "condition": "START"}])
+        );
+        assert_eq!(container(&got, "berth-mesh-init")["essential"], false);
+        for c in ["berth-proxy", "berth-health-sync"] {
+            assert_eq!(
+                container(&got, c)["dependsOn"],
+                json!([{"containerName": "berth-mesh-init", "condition": "SUCCESS"}]),
+                "{name} {c}"
+            );
+        }
+        assert_eq!(
+            container(&got, "berth-proxy")["healthCheck"]["command"],
+            json!(["CMD", "/berth/berth-envoy-entrypoint", "ready"])
+        );
+        for a in &apps {
+            let deps = container(&got, a)["dependsOn"].as_array().unwrap().clone();
+            assert!(
+                deps.contains(&json!({"containerName": "berth-proxy", "condition": "HEALTHY"})),
+                "{name} {a}"
+            );
+        }
+        let tags = got["tags"].as_array().unwrap();
+        for k in ["berth/mesh", "berth/service-name", "berth/module-version"] {
+            assert!(tags.iter().any(|t| t["key"] == k), "{name} tag {k}");
+        }
+        assert_eq!(got["volumes"][0], json!({"name": "berth-data"}));
+    }
+
+    // Fargate and EC2.
+    let api = render_task_definition(&fixture("api"));
+    assert_eq!(api["requiresCompatibilities"], json!(["FARGATE"]));
+    let ec2 = normalized(&render_task_definition(&fixture("ec2")));
+    assert_eq!(ec2["requiresCompatibilities"], json!(["EC2"]));
+    // Health-sync mirrors the essential app containers that have a health check (ECS counts
+    // a container without `essential` as essential).
+    assert_eq!(config(&ec2)["healthSyncContainers"], json!(["orders", "metrics"]));
+    assert_eq!(
+        config(&ec2)["proxy"]["upstreams"],
+        json!([{"destinationName": "api", "localBindPort": 1234},
+               {"destinationName": "payments", "localBindPort": 1235}])
+    );
+    assert_eq!(config(&ec2)["service"]["tags"], json!(["v2"]));
+    // The user's own dependsOn and mounts stay, before Berth's.
+    assert_eq!(
+        container(&ec2, "orders")["dependsOn"][0],
+        json!({"containerName": "log-router", "condition": "START"})
+    );
+    assert_eq!(container(&ec2, "orders")["entryPoint"], json!(["/app/run"]));
+    assert!(container(&ec2, "berth-agent")["logConfiguration"].is_object());
+    assert!(container(&ec2, "log-router")["logConfiguration"].is_null());
+    // Proxy and health-sync are essential by default.
+    assert_eq!(container(&ec2, "berth-proxy")["essential"], true);
+    assert_eq!(container(&ec2, "berth-health-sync")["essential"], true);
+    // No upstreams: no proxy section.
+    let solo = normalized(&render_task_definition(&fixture("no-upstreams")));
+    assert!(config(&solo).get("proxy").is_none(), "{}", config(&solo));
+    assert_eq!(config(&solo)["healthSyncContainers"], json!([]));
+    // ACLs off: no login; TLS: the CA comes as a secret.
+    let open = normalized(&render_task_definition(&fixture("acls-off")));
+    assert_eq!(config(&open)["login"], json!({"enabled": false}));
+    assert_eq!(config(&open)["servers"]["rpc"]["tls"], true);
+    assert_eq!(
+        container(&open, "berth-agent")["secrets"][0]["name"],
+        "BERTH_CA_CERT_PEM"
+    );
+    assert_eq!(config(&open)["logLevel"], "debug");
+    // A shutdown delay puts the app under app-entrypoint.
+    assert_eq!(
+        container(&api, "api")["entryPoint"],
+        json!(["/berth/berth-envoy-entrypoint", "app-entrypoint", "-shutdown-delay", "3s"])
+    );
+}
+
+#[test]
+fn the_examples_are_what_the_module_renders() {
+    for svc in ["api", "web"] {
+        let vars = fixture(svc);
+        let from_module = normalized(&render_task_definition(&vars));
+        let text =
+            std::fs::read_to_string(repo_root().join(format!("examples/ecs/{svc}.json"))).unwrap();
+        let example = render(
+            &text,
+            vars["server_hosts"][0].as_str().unwrap(),
+            vars["http_port"].as_u64().unwrap() as u16,
+            vars["rpc_port"].as_u64().unwrap() as u16,
+            vars["login"]["sts_endpoint"].as_str().unwrap(),
+            vars["task_role_arn"].as_str().unwrap(),
+        );
+        // The examples keep STS and IAM apart by placeholder; render() fills both with one.
+        let mut from_module = from_module;
+        let iam = vars["login"]["iam_endpoint"].as_str().unwrap();
+        let sts = vars["login"]["sts_endpoint"].as_str().unwrap();
+        let text = from_module.to_string().replace(iam, sts);
+        from_module = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            normalized(&example),
+            from_module,
+            "examples/ecs/{svc}.json is not what the module renders: re-render it"
+        );
+    }
+}
+
+#[test]
+fn bad_module_input_is_refused_with_its_reason() {
+    let mut v = fixture("no-upstreams");
+    v["container_definitions"][0]["name"] = json!("berth-app");
+    let e = apply_container_definitions(&v).unwrap_err();
+    assert!(e.contains("Berth's own"), "{e}");
+    let mut v = fixture("no-upstreams");
+    v["server_hosts"] = json!([]);
+    let e = apply_container_definitions(&v).unwrap_err();
+    assert!(e.contains("server_hosts must name at least one server"), "{e}");
+    let mut v = fixture("no-upstreams");
+    v["requires_compatibilities"] = json!(["EXTERNAL"]);
+    let e = apply_container_definitions(&v).unwrap_err();
+    assert!(e.contains("FARGATE and/or EC2"), "{e}");
+    let mut v = fixture("no-upstreams");
+    v["upstreams"] = json!([{"destination_name": "api"}]);
+    let e = apply_container_definitions(&v).unwrap_err();
+    assert!(e.contains("local_bind_port"), "{e}");
+}
+
+#[test]
+fn checkov_finds_no_failed_check() {
+    let checkov = repo_root().join(".venv-checkov/bin/checkov");
+    assert!(
+        checkov.exists(),
+        "{} is missing: run scripts/install-deps",
+        checkov.display()
+    );
+    let out = Command::new(&checkov)
+        .args(["-d", "terraform", "--framework", "terraform"])
+        .args(["--skip-download", "--compact", "--quiet", "--output", "cli"])
+        .current_dir(repo_root())
+        .env("CKV_SKIP_PACKAGE_UPDATE_CHECK", "true")
+        .env("BC_SKIP_MAPPING", "TRUE")
+        .output()
+        .expect("run checkov");
+    assert!(
+        out.status.success(),
+        "checkov failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
