@@ -30,7 +30,10 @@ fn tf_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_tf_file_is_formatted_and_parses() {
     let root = repo_root().join("terraform");
-    let fmt = terraform(&root, &["fmt", "-check", "-recursive", "-diff", "-no-color"]);
+    let fmt = terraform(
+        &root,
+        &["fmt", "-check", "-recursive", "-diff", "-no-color"],
+    );
     assert!(
         fmt.status.success(),
         "terraform fmt -check: {}{}",
@@ -51,19 +54,31 @@ fn every_tf_file_is_formatted_and_parses() {
         let dir = root.join("modules").join(m);
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
         let versions = std::fs::read_to_string(dir.join("versions.tf")).unwrap();
-        assert!(versions.contains("hashicorp/aws") && versions.contains("~> 5."), "{m}");
-        for v in variables(&dir) {
-            assert!(readme.contains(&format!("`{v}`")), "{m}/README.md lacks input `{v}`");
+        assert!(
+            versions.contains("hashicorp/aws") && versions.contains("~> 5."),
+            "{m}"
+        );
+        for v in declared(&dir.join("variables.tf"), "variable") {
+            assert!(
+                readme.contains(&format!("`{v}`")),
+                "{m}/README.md lacks input `{v}`"
+            );
+        }
+        for o in declared(&dir.join("outputs.tf"), "output") {
+            assert!(
+                readme.contains(&format!("`{o}`")),
+                "{m}/README.md lacks output `{o}`"
+            );
         }
     }
 }
 
-/// The names of the variables a module declares.
-fn variables(dir: &Path) -> Vec<String> {
-    let body: hcl::Body = hcl::from_str(&std::fs::read_to_string(dir.join("variables.tf")).unwrap())
-        .expect("variables.tf parses");
+/// The names of the blocks of one kind (`variable`, `output`) a file declares.
+fn declared(file: &Path, kind: &str) -> Vec<String> {
+    let body: hcl::Body = hcl::from_str(&std::fs::read_to_string(file).unwrap())
+        .unwrap_or_else(|e| panic!("{} does not parse: {e}", file.display()));
     body.blocks()
-        .filter(|b| b.identifier() == "variable")
+        .filter(|b| b.identifier() == kind)
         .filter_map(|b| b.labels().first().map(|l| l.as_str().to_string()))
         .collect()
 }
@@ -158,7 +173,10 @@ fn fixtures_render_as_expected() {
     assert_eq!(ec2["requiresCompatibilities"], json!(["EC2"]));
     // Health-sync mirrors the essential app containers that have a health check (ECS counts
     // a container without `essential` as essential).
-    assert_eq!(config(&ec2)["healthSyncContainers"], json!(["orders", "metrics"]));
+    assert_eq!(
+        config(&ec2)["healthSyncContainers"],
+        json!(["orders", "metrics"])
+    );
     assert_eq!(
         config(&ec2)["proxy"]["upstreams"],
         json!([{"destinationName": "api", "localBindPort": 1234},
@@ -192,7 +210,12 @@ fn fixtures_render_as_expected() {
     // A shutdown delay puts the app under app-entrypoint.
     assert_eq!(
         container(&api, "api")["entryPoint"],
-        json!(["/berth/berth-envoy-entrypoint", "app-entrypoint", "-shutdown-delay", "3s"])
+        json!([
+            "/berth/berth-envoy-entrypoint",
+            "app-entrypoint",
+            "-shutdown-delay",
+            "3s"
+        ])
     );
 }
 
@@ -234,7 +257,10 @@ fn bad_module_input_is_refused_with_its_reason() {
     let mut v = fixture("no-upstreams");
     v["server_hosts"] = json!([]);
     let e = apply_container_definitions(&v).unwrap_err();
-    assert!(e.contains("server_hosts must name at least one server"), "{e}");
+    assert!(
+        e.contains("server_hosts must name at least one server"),
+        "{e}"
+    );
     let mut v = fixture("no-upstreams");
     v["requires_compatibilities"] = json!(["EXTERNAL"]);
     let e = apply_container_definitions(&v).unwrap_err();
@@ -246,6 +272,52 @@ fn bad_module_input_is_refused_with_its_reason() {
 }
 
 #[test]
+fn the_berth_image_holds_every_binary_a_task_or_server_runs() {
+    let dockerfile = std::fs::read_to_string(repo_root().join("docker/Dockerfile")).unwrap();
+    let mut bins = Vec::new();
+    for e in std::fs::read_dir(repo_root()).unwrap() {
+        let manifest = e.unwrap().path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let v: toml_like::Doc = toml_like::parse(&text);
+        bins.extend(v.bins);
+    }
+    bins.retain(|b| b != "berth-ecs-local" && !b.contains("bench") && b != "berth-demo");
+    assert!(bins.len() >= 7, "{bins:?}");
+    for b in &bins {
+        assert!(
+            dockerfile.contains(&format!("target/release/{b} "))
+                || dockerfile.contains(&format!("target/release/{b}\n")),
+            "docker/Dockerfile does not ship {b}"
+        );
+    }
+    let envoy = std::fs::read_to_string(repo_root().join("docker/Dockerfile.envoy")).unwrap();
+    assert!(envoy.contains("target/release/berth-envoy-entrypoint"));
+    assert!(envoy.contains("envoyproxy/envoy:v1.40"));
+}
+
+/// Just enough of Cargo.toml: the `[[bin]]` names.
+mod toml_like {
+    pub struct Doc {
+        pub bins: Vec<String>,
+    }
+    pub fn parse(text: &str) -> Doc {
+        let mut bins = Vec::new();
+        let mut in_bin = false;
+        for line in text.lines() {
+            let l = line.trim();
+            if l.starts_with('[') {
+                in_bin = l == "[[bin]]";
+            } else if in_bin && let Some(v) = l.strip_prefix("name = ") {
+                bins.push(v.trim_matches('"').to_string());
+            }
+        }
+        Doc { bins }
+    }
+}
+
+#[test]
 fn checkov_finds_no_failed_check() {
     let checkov = repo_root().join(".venv-checkov/bin/checkov");
     assert!(
@@ -253,18 +325,20 @@ fn checkov_finds_no_failed_check() {
         "{} is missing: run scripts/install-deps",
         checkov.display()
     );
-    let out = Command::new(&checkov)
-        .args(["-d", "terraform", "--framework", "terraform"])
-        .args(["--skip-download", "--compact", "--quiet", "--output", "cli"])
-        .current_dir(repo_root())
-        .env("CKV_SKIP_PACKAGE_UPDATE_CHECK", "true")
-        .env("BC_SKIP_MAPPING", "TRUE")
-        .output()
-        .expect("run checkov");
-    assert!(
-        out.status.success(),
-        "checkov failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (dir, framework) in [("terraform", "terraform"), ("docker", "dockerfile")] {
+        let out = Command::new(&checkov)
+            .args(["-d", dir, "--framework", framework])
+            .args(["--skip-download", "--compact", "--quiet", "--output", "cli"])
+            .current_dir(repo_root())
+            .env("CKV_SKIP_PACKAGE_UPDATE_CHECK", "true")
+            .env("BC_SKIP_MAPPING", "TRUE")
+            .output()
+            .expect("run checkov");
+        assert!(
+            out.status.success(),
+            "checkov -d {dir} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
