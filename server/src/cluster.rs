@@ -14,6 +14,9 @@ use crate::state::{CatalogOp, Command, Registration, SessionOp};
 /// (removed with `DELETE /v1/operator/raft/peer`, or never joined).
 const PRUNE_DEPARTED_AFTER: Duration = Duration::from_secs(300);
 
+/// How often a formed cluster asks the cloud for its servers again.
+const CLOUD_REFRESH: Duration = Duration::from_secs(30);
+
 /// Sessions live at least their TTL; Consul waits up to twice that before invalidating.
 pub const SESSION_TTL_MULTIPLIER: u32 = 2;
 
@@ -25,8 +28,30 @@ pub const SESSION_TTL_MULTIPLIER: u32 = 2;
 pub async fn discovery_loop(node: Arc<Node>) {
     let me = node.cfg.advertise.to_string();
     let mut warned_too_many = false;
+    let clouds = node
+        .cfg
+        .retry_join
+        .iter()
+        .any(|e| berth_cloud_join::is_cloud(e));
+    let mut resolved: Option<(std::time::Instant, Vec<String>)> = None;
     loop {
-        let mut targets: BTreeSet<String> = node.cfg.retry_join.iter().cloned().collect();
+        // Cloud auto-join asks EC2 on every retry while the cluster forms, then every
+        // CLOUD_REFRESH: enough to find replaced servers without a DescribeInstances a second.
+        let initialized = node.raft.is_initialized().await.unwrap_or(true);
+        let stale = resolved
+            .as_ref()
+            .is_none_or(|(at, _)| !initialized || at.elapsed() >= CLOUD_REFRESH);
+        if clouds && stale {
+            let found =
+                berth_cloud_join::expand(&node.cfg.retry_join, crate::config::DEFAULT_RPC_PORT)
+                    .await;
+            resolved = Some((std::time::Instant::now(), found));
+        }
+        let join: &[String] = match &resolved {
+            Some((_, r)) => r,
+            None => &node.cfg.retry_join,
+        };
+        let mut targets: BTreeSet<String> = join.iter().cloned().collect();
         targets.extend(node.known_peers().into_iter().map(|p| p.rpc_addr));
         targets.remove(&me);
         let hello = Hello {

@@ -511,6 +511,12 @@ pub fn resolve(
             message: "required (or run with -dev for an in-memory server)".to_string(),
         });
     }
+    if let Some(entries) = &m.retry_join {
+        berth_cloud_join::validate(entries).map_err(|e| ConfigError::Invalid {
+            key: "retry_join",
+            message: e.to_string(),
+        })?;
+    }
     let bootstrap_expect = if dev {
         1
     } else {
@@ -593,7 +599,14 @@ pub fn resolve(
             .retry_join
             .unwrap_or_default()
             .iter()
-            .map(|h| with_rpc_port(h))
+            .map(|h| {
+                // Cloud entries are resolved (with the default port) on every retry.
+                if berth_cloud_join::is_cloud(h) {
+                    h.clone()
+                } else {
+                    with_rpc_port(h)
+                }
+            })
             .collect(),
         retry_interval,
         log_level,

@@ -103,6 +103,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -129,6 +130,19 @@ impl Server {
         rpc_port: u16,
         extra: &[String],
     ) -> Server {
+        Server::start_bound_env(dir, name, bind, http_port, rpc_port, extra, &[])
+    }
+
+    /// As `start_bound`, with `env` added to the process's environment.
+    pub fn start_bound_env(
+        dir: &Path,
+        name: &str,
+        bind: &str,
+        http_port: u16,
+        rpc_port: u16,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> Server {
         let data_dir = dir.join(name);
         let mut args = vec![
             "-node".to_string(),
@@ -150,6 +164,7 @@ impl Server {
             data_dir,
             log: dir.join(format!("{name}.log")),
             args,
+            env: env.to_vec(),
             child: None,
         };
         s.spawn();
@@ -170,6 +185,7 @@ impl Server {
         let child = Command::new(bin("berth-server"))
             .args(&self.args)
             .env("BERTH_LOG_LEVEL", "info")
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

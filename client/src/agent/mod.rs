@@ -175,7 +175,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let xds_listener = tokio::net::TcpListener::bind(a.xds_addr)
         .await
         .with_context(|| format!("cannot listen for xDS on {}", a.xds_addr))?;
-    let servers = Arc::new(servers::Servers::new(a.retry_join.clone(), tls(&a)?));
+    // Cloud auto-join entries become the instances they find, and are asked again while no
+    // server answers.
+    let clouds = a.retry_join.iter().any(|e| berth_cloud_join::is_cloud(e));
+    let rpc_port = berth_server::config::DEFAULT_RPC_PORT;
+    let initial = berth_cloud_join::expand(&a.retry_join, rpc_port).await;
+    let servers = Arc::new(servers::Servers::new(initial, tls(&a)?));
     let advertise = match a.advertise {
         Some(ip) => ip,
         None => match std::env::var("ECS_CONTAINER_METADATA_URI_V4") {
@@ -200,6 +205,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Err(e) => tracing::info!(error = %e, "waiting for the servers"),
         }
         tries += 1;
+        if clouds {
+            servers.learn(&berth_cloud_join::expand(&a.retry_join, rpc_port).await);
+        }
         if tries.is_multiple_of(30) {
             tracing::warn!(servers = ?a.retry_join, "still no Berth server answers");
         }

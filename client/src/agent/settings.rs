@@ -193,6 +193,7 @@ pub fn resolve(a: &AgentArgs, files: Vec<Layer>, env: Layer) -> Result<Settings,
             "no servers to join: give -retry-join (or retry_join, BERTH_RETRY_JOIN)".into(),
         );
     }
+    berth_cloud_join::validate(&retry_join).map_err(|e| e.to_string())?;
     if m.cert_file.is_some() != m.key_file.is_some() {
         return Err("cert_file and key_file go together".into());
     }
