@@ -6,6 +6,8 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    #[error("BERTH_CA_CERT_PEM holds no PEM certificate")]
+    BadCa,
     #[error("cannot reach the Berth server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("{method} {path}: the server answered {status}: {message}")]
@@ -24,16 +26,29 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(base: &str, token: Option<String>) -> Api {
-        Api {
+    /// `ca_pem`: the servers' CA for an https:// address (`BERTH_CA_CERT_PEM`, which the
+    /// Terraform module fills from Secrets Manager), trusted besides the platform's roots.
+    pub fn new(base: &str, token: Option<String>, ca_pem: Option<&str>) -> Result<Api, ApiError> {
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .no_proxy();
+        if let Some(pem) = ca_pem.filter(|p| !p.trim().is_empty()) {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or(ApiError::BadCa)?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        Ok(Api {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .no_proxy()
-                .build()
-                .unwrap_or_default(),
-        }
+            http: b.build().map_err(|e| ApiError::Unreachable {
+                url: base.to_string(),
+                reason: e.to_string(),
+            })?,
+        })
     }
 
     async fn call(

@@ -102,7 +102,12 @@ fn holder_name() -> String {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    let api = Arc::new(api::Api::new(&cfg.http_addr, read_token(&cfg.token)?));
+    let ca = std::env::var("BERTH_CA_CERT_PEM").ok();
+    let api = Arc::new(api::Api::new(
+        &cfg.http_addr,
+        read_token(&cfg.token)?,
+        ca.as_deref(),
+    )?);
     let setup_cfg = setup::SetupConfig {
         partition: cfg.partition.clone(),
         account: cfg.account.clone(),

@@ -4,6 +4,7 @@
 //! `BERTH_ECS_CONFIG_JSON`, and naming (which containers are Berth's, service and check IDs).
 
 pub mod agent;
+pub mod ca;
 pub mod config;
 pub mod login;
 pub mod metadata;

@@ -47,6 +47,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) =
+        berth_ecs::ca::install(&cfg, std::env::var(berth_ecs::ca::CA_ENV).ok().as_deref())
+    {
+        eprintln!("berth-health-sync: {e}");
+        return ExitCode::from(2);
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
         "warn,aws_runtime=error,berth_health_sync={l},berth_ecs={l}",
         l = cfg.log_level

@@ -52,6 +52,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) =
+        berth_ecs::ca::install(&cfg, std::env::var(berth_ecs::ca::CA_ENV).ok().as_deref())
+    {
+        eprintln!("berth-mesh-init: {e}");
+        return ExitCode::from(2);
+    }
     init_logging(&cfg.log_level);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -184,6 +184,20 @@ async fn bad_input_and_unreachable_peers_give_one_line() {
         stderr(&o)
     );
 
+    // A CA that is not PEM.
+    let o = Command::new(bin("berth-acl-controller"))
+        .args(["-account", "123456789012", "-once", "-http-addr", &closed])
+        .env_clear()
+        .env("BERTH_CA_CERT_PEM", "not a certificate")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        last_line(&o).contains("BERTH_CA_CERT_PEM holds no PEM certificate"),
+        "{}",
+        stderr(&o)
+    );
+
     // A wrong token: the servers refuse it, and the line says so.
     let dir = tempfile::tempdir().unwrap();
     let acl = AclServer::start(dir.path()).await;

@@ -400,6 +400,40 @@ fn bad_task_input_gives_one_clear_line() {
             2,
             "BERTH_ECS_CONFIG_JSON is not set",
         ),
+        // The CA from Secrets Manager must be PEM, and needs a caCertFile to go to.
+        (
+            "berth-mesh-init",
+            vec![],
+            vec![
+                ("BERTH_ECS_CONFIG_JSON", good),
+                (
+                    "BERTH_CA_CERT_PEM",
+                    "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+                ),
+            ],
+            2,
+            "BERTH_CA_CERT_PEM is set but BERTH_ECS_CONFIG_JSON names no caCertFile",
+        ),
+        (
+            "berth-health-sync",
+            vec![],
+            vec![
+                ("BERTH_ECS_CONFIG_JSON", good),
+                ("BERTH_CA_CERT_PEM", "junk"),
+            ],
+            2,
+            "BERTH_CA_CERT_PEM holds no PEM certificate",
+        ),
+        (
+            "berth",
+            vec!["agent"],
+            vec![
+                ("BERTH_ECS_CONFIG_JSON", good),
+                ("BERTH_CA_CERT_PEM", "junk"),
+            ],
+            2,
+            "BERTH_CA_CERT_PEM holds no PEM certificate",
+        ),
         (
             "berth",
             vec!["agent"],
