@@ -342,3 +342,86 @@ fn checkov_finds_no_failed_check() {
         );
     }
 }
+
+/// The server-cluster user data, rendered offline by Terraform's own `templatefile`.
+fn render_user_data(vars: &Value) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = repo_root().join("terraform/modules/server-cluster/user-data.sh.tftpl");
+    std::fs::write(
+        dir.path().join("main.tf"),
+        format!(
+            "variable \"v\" {{\n  type = any\n}}\noutput \"user_data\" {{\n  value = templatefile({:?}, var.v)\n}}\n",
+            tpl.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("v.tfvars.json"),
+        json!({ "v": vars }).to_string(),
+    )
+    .unwrap();
+    for args in [
+        vec!["init", "-input=false", "-no-color"],
+        vec![
+            "apply",
+            "-auto-approve",
+            "-input=false",
+            "-no-color",
+            "-var-file=v.tfvars.json",
+        ],
+    ] {
+        let o = terraform(dir.path(), &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = terraform(dir.path(), &["output", "-raw", "user_data"]);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_server_user_data_checks_the_binary_and_joins_by_tag() {
+    let sha = "ab".repeat(32);
+    let base = json!({
+        "berth_server_url": "https://downloads.example/berth-server",
+        "berth_server_sha256": sha,
+        "datacenter": "dc1", "server_count": 3,
+        "tag_key": "berth-cluster", "tag_value": "prod", "region": "eu-west-1",
+        "tls": false, "tls_ca": "", "tls_cert": "", "tls_key": "", "acl_token_secret": "",
+    });
+    let plain = render_user_data(&base);
+    let mut full = base.clone();
+    full["tls"] = json!(true);
+    full["tls_ca"] = json!("arn:ca");
+    full["tls_cert"] = json!("arn:cert");
+    full["tls_key"] = json!("arn:key");
+    full["acl_token_secret"] = json!("arn:token");
+    let secure = render_user_data(&full);
+    for script in [&plain, &secure] {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("user-data.sh");
+        std::fs::write(&f, script).unwrap();
+        let o = Command::new("bash").arg("-n").arg(&f).output().unwrap();
+        assert!(
+            o.status.success(),
+            "bash -n: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // The checksum is checked before anything is installed.
+        let check = script
+            .find(&format!("echo '{sha}  /tmp/berth-server' | sha256sum -c -"))
+            .unwrap();
+        let install = script.find("install -m 0755 /tmp/berth-server").unwrap();
+        assert!(check < install);
+        assert!(script.contains(
+            "retry_join       = [\"provider=aws tag_key=berth-cluster tag_value=prod region=eu-west-1 addr_type=private_v4\"]"
+        ));
+        assert!(script.contains("bootstrap_expect = 3"));
+        assert!(script.contains("systemctl enable --now berth-server"));
+    }
+    assert!(!plain.contains("tls {") && !plain.contains("acl.hcl"));
+    assert!(secure.contains("https_addr = \"0.0.0.0:8501\""));
+    assert!(
+        secure.contains("secret 'arn:key'") && secure.contains("-config-file /etc/berth/acl.hcl")
+    );
+    // The token is never written into the script itself.
+    assert!(secure.contains("initial_management = \"$token\""));
+}
