@@ -224,16 +224,25 @@ async fn web_reaches_api_over_mtls_and_intentions_decide() {
         {"Action": "deny", "HTTP": {"PathPrefix": "/"}}
     ]}]}))
     .await;
-    // Connections made under the earlier configuration live until Envoy has drained them,
-    // so the new rules are awaited as a whole.
+    // Connections made under the earlier configuration live until Envoy has drained them
+    // (--drain-time-s 1), so the new rules are awaited as a whole and must hold for longer
+    // than a drain before every answer is required to follow them.
+    let steady_since = std::sync::Mutex::new(None::<std::time::Instant>);
     eventually(
-        Duration::from_secs(20),
-        "POST /orders alone allowed",
+        Duration::from_secs(30),
+        "POST /orders alone allowed, for longer than a drain",
         || async {
             let post = m.call("POST", "/orders").await.map(|r| r.0);
             let get = m.call("GET", "/orders").await.map(|r| r.0);
             let admin = m.call("POST", "/admin").await.map(|r| r.0);
-            (post == Ok(200) && get == Ok(403) && admin == Ok(403)).then_some(())
+            let ok = post == Ok(200) && get == Ok(403) && admin == Ok(403);
+            let mut since = steady_since.lock().unwrap();
+            if !ok {
+                *since = None;
+                return None;
+            }
+            let at = *since.get_or_insert_with(std::time::Instant::now);
+            (at.elapsed() >= Duration::from_secs(3)).then_some(())
         },
     )
     .await;
