@@ -292,6 +292,36 @@ fn the_berth_image_holds_every_binary_a_task_or_server_runs() {
             "docker/Dockerfile does not ship {b}"
         );
     }
+    // Every package the images build is one of the workspace's.
+    let mut packages = Vec::new();
+    for e in std::fs::read_dir(repo_root()).unwrap() {
+        let Ok(text) = std::fs::read_to_string(e.unwrap().path().join("Cargo.toml")) else {
+            continue;
+        };
+        if let Some(name) = text
+            .lines()
+            .skip_while(|l| l.trim() != "[package]")
+            .find_map(|l| l.trim().strip_prefix("name = "))
+        {
+            packages.push(name.trim_matches('"').to_string());
+        }
+    }
+    for file in ["docker/Dockerfile", "docker/Dockerfile.envoy"] {
+        let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let built: Vec<&str> = words
+            .windows(2)
+            .filter(|w| w[0] == "-p")
+            .map(|w| w[1])
+            .collect();
+        assert!(!built.is_empty(), "{file} builds nothing");
+        for p in built {
+            assert!(
+                packages.iter().any(|k| k == p),
+                "{file} builds {p}, which is not a workspace package"
+            );
+        }
+    }
     let envoy = std::fs::read_to_string(repo_root().join("docker/Dockerfile.envoy")).unwrap();
     assert!(envoy.contains("target/release/berth-envoy-entrypoint"));
     assert!(envoy.contains("envoyproxy/envoy:v1.40"));
