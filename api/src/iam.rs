@@ -5,6 +5,7 @@
 //! The server replays the signed request to STS, so it learns who the caller is without ever
 //! seeing the caller's credentials.
 
+use crate::error_chain;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -295,17 +296,6 @@ pub async fn default_credentials(
         .await
         .map_err(|e| IamError::NoCredentials(error_chain(&e)))?;
     Ok((creds, cfg.region().map(|r| r.to_string())))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Sends a signed request (the client's own `GetCallerIdentity`, to learn its role name).

@@ -175,7 +175,7 @@ impl AwsJoin {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| fail(chain(&e)))?;
+            let page = page.map_err(|e| fail(berth_api::error_chain(&e)))?;
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
                 let ip = match self.addr_type {
                     AddrType::PrivateV4 => i.private_ip_address(),
@@ -190,21 +190,6 @@ impl AwsJoin {
         out.dedup();
         Ok(out)
     }
-}
-
-/// `e` and its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Checks every cloud entry of a retry-join list (for settings validation).

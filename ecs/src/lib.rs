@@ -49,18 +49,4 @@ pub fn check_id(service_id: &str, container: &str) -> String {
     format!("{service_id}-{container}")
 }
 
-/// An error with its sources, on one line: reqwest's top-level message alone rarely says
-/// what went wrong ("error sending request").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
-}
+pub use berth_api::error_chain;
