@@ -50,3 +50,20 @@ pub fn check_id(service_id: &str, container: &str) -> String {
 }
 
 pub use berth_api::error_chain;
+
+/// Why a Berth container cannot start from its environment (exit 2, as a usage error).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+}
+
+/// What every Berth container of a task does first: parse `BERTH_ECS_CONFIG_JSON` and put
+/// the servers' CA (`BERTH_CA_CERT_PEM`) where that configuration says.
+pub fn start(env: &impl Fn(&str) -> Option<String>) -> Result<TaskConfig, StartError> {
+    let cfg = TaskConfig::from_env(env)?;
+    ca::install(&cfg, env(ca::CA_ENV).as_deref())?;
+    Ok(cfg)
+}

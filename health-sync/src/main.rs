@@ -40,19 +40,13 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse_from(berth_api::cli::normalize_args(std::env::args_os()));
-    let cfg = match TaskConfig::from_env(&|k| std::env::var(k).ok()) {
+    let cfg = match berth_ecs::start(&|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("berth-health-sync: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) =
-        berth_ecs::ca::install(&cfg, std::env::var(berth_ecs::ca::CA_ENV).ok().as_deref())
-    {
-        eprintln!("berth-health-sync: {e}");
-        return ExitCode::from(2);
-    }
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
         "warn,aws_runtime=error,berth_health_sync={l},berth_ecs={l}",
         l = cfg.log_level

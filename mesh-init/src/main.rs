@@ -45,19 +45,13 @@ struct ConfigProblem(String);
 
 fn main() -> ExitCode {
     let args = Args::parse_from(berth_api::cli::normalize_args(std::env::args_os()));
-    let cfg = match TaskConfig::from_env(&|k| std::env::var(k).ok()) {
+    let cfg = match berth_ecs::start(&|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("berth-mesh-init: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) =
-        berth_ecs::ca::install(&cfg, std::env::var(berth_ecs::ca::CA_ENV).ok().as_deref())
-    {
-        eprintln!("berth-mesh-init: {e}");
-        return ExitCode::from(2);
-    }
     init_logging(&cfg.log_level);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

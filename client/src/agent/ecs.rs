@@ -21,9 +21,7 @@ pub async fn detect(env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Opt
     if env(berth_ecs::CONFIG_ENV).is_none() {
         return Ok(None);
     }
-    let cfg = TaskConfig::from_env(env).map_err(|e| crate::Usage(e.to_string()))?;
-    berth_ecs::ca::install(&cfg, env(berth_ecs::ca::CA_ENV).as_deref())
-        .map_err(|e| crate::Usage(e.to_string()))?;
+    let cfg = berth_ecs::start(env).map_err(|e| crate::Usage(e.to_string()))?;
     let meta = berth_ecs::metadata::endpoint(env).map(MetadataClient::new)?;
     let task = meta.task_with_retry(Duration::from_secs(10)).await?;
     anyhow::ensure!(
